@@ -1,0 +1,535 @@
+//! LLaDA (Nie et al., "Large Language Diffusion Models", arXiv 2502.09992).
+//!
+//! Reference implementation: the Hugging Face remote code of `GSAI-ML/LLaDA-8B-Instruct`
+//! (`modeling_llada.py`, OLMo-derived). A LLaMA-style block without biases: RMSNorm, q/k/v
+//! projections, rotary embedding in float32 with split halves, bidirectional attention without
+//! any mask (the reference drops the attention mask), output projection, RMSNorm, SwiGLU with
+//! the gate in `ff_proj`; final norm and an untied LM head over the embedding rows.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use serde::Deserialize;
+
+use super::block::{Backbone, Block, LayerEnv};
+use super::loader::{Checkpoint, LLADA_NAMES, Role};
+use super::rope::Rope;
+use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
+use crate::error::{Error, Result};
+
+/// LLaDA hyper-parameters, resolved from a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LladaConfig {
+    /// Hidden width.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (equal to `n_heads` for LLaDA-8B).
+    pub n_kv_heads: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// SwiGLU hidden width.
+    pub mlp_hidden_size: usize,
+    /// Tokenizer vocabulary size.
+    pub vocab_size: usize,
+    /// Rows of the embedding and the LM head (>= `vocab_size`).
+    pub embedding_size: usize,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// `[MASK]` token id.
+    pub mask_token_id: u32,
+    /// End-of-sequence id.
+    pub eos_token_id: u32,
+    /// Padding id.
+    pub pad_token_id: u32,
+    /// Beginning-of-sequence id, if the config names one.
+    pub bos_token_id: Option<u32>,
+    /// Longest supported sequence.
+    pub max_sequence_length: usize,
+}
+
+/// The fields of LLaDA's `config.json` that this crate reads; everything else is ignored.
+#[derive(Deserialize)]
+struct RawConfig {
+    d_model: usize,
+    n_heads: usize,
+    #[serde(default)]
+    n_kv_heads: Option<usize>,
+    #[serde(default)]
+    multi_query_attention: Option<bool>,
+    n_layers: usize,
+    #[serde(default)]
+    mlp_hidden_size: Option<usize>,
+    #[serde(default = "default_mlp_ratio")]
+    mlp_ratio: usize,
+    vocab_size: usize,
+    #[serde(default)]
+    embedding_size: Option<usize>,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_mask_id")]
+    mask_token_id: u32,
+    eos_token_id: u32,
+    pad_token_id: u32,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    max_sequence_length: usize,
+    #[serde(default)]
+    include_bias: bool,
+    #[serde(default)]
+    include_qkv_bias: Option<bool>,
+    #[serde(default)]
+    weight_tying: bool,
+    #[serde(default)]
+    alibi: bool,
+    #[serde(default = "default_true")]
+    rope: bool,
+    #[serde(default)]
+    attention_layer_norm: bool,
+    #[serde(default)]
+    block_type: Option<String>,
+    #[serde(default)]
+    activation_type: Option<String>,
+    #[serde(default)]
+    layer_norm_type: Option<String>,
+    #[serde(default)]
+    scale_logits: bool,
+    #[serde(default)]
+    input_emb_norm: bool,
+    #[serde(default)]
+    clip_qkv: Option<f64>,
+}
+
+fn default_mlp_ratio() -> usize {
+    4
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_mask_id() -> u32 {
+    126_336
+}
+fn default_true() -> bool {
+    true
+}
+
+fn unsupported(field: &str, reason: &str) -> Error {
+    Error::Unsupported {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl LladaConfig {
+    /// LLaDA-8B (Base and Instruct share the architecture).
+    pub fn llada_8b() -> Self {
+        Self {
+            d_model: 4096,
+            n_heads: 32,
+            n_kv_heads: 32,
+            n_layers: 32,
+            mlp_hidden_size: 12_288,
+            vocab_size: 126_464,
+            embedding_size: 126_464,
+            rope_theta: 500_000.0,
+            rms_norm_eps: 1e-5,
+            mask_token_id: 126_336,
+            eos_token_id: 126_081,
+            pad_token_id: 126_081,
+            bos_token_id: Some(126_080),
+            max_sequence_length: 4096,
+        }
+    }
+
+    /// A LLaDA-shaped config of the given sizes (MHA, LLaDA's rope base and special ids moved
+    /// to the top of the vocabulary: mask = vocab-1, eos = pad = vocab-2, bos = vocab-3).
+    pub fn with_sizes(
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        mlp_hidden_size: usize,
+        vocab_size: usize,
+    ) -> Self {
+        let top = vocab_size.max(3) as u32;
+        Self {
+            d_model,
+            n_heads,
+            n_kv_heads: n_heads,
+            n_layers,
+            mlp_hidden_size,
+            vocab_size,
+            embedding_size: vocab_size,
+            rope_theta: 500_000.0,
+            rms_norm_eps: 1e-5,
+            mask_token_id: top - 1,
+            eos_token_id: top - 2,
+            pad_token_id: top - 2,
+            bos_token_id: Some(top - 3),
+            max_sequence_length: 4096,
+        }
+    }
+
+    /// Parses and validates a `config.json` file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read, [`Error::Config`] if it is not a valid LLaDA
+    /// config, [`Error::Unsupported`] if it asks for a feature this crate does not implement.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Config { path: None, reason } => Error::Config {
+                path: Some(path.to_path_buf()),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates the text of a `config.json`.
+    ///
+    /// # Errors
+    /// As [`from_file`](Self::from_file), without the I/O.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| Error::Config {
+            path: None,
+            reason: e.to_string(),
+        })?;
+        if raw.include_bias || raw.include_qkv_bias == Some(true) {
+            return Err(unsupported("include_bias", "LLaDA checkpoints with biases are not supported"));
+        }
+        if raw.weight_tying {
+            return Err(unsupported("weight_tying", "tied embedding and LM head are not supported"));
+        }
+        if raw.alibi {
+            return Err(unsupported("alibi", "ALiBi attention biases are not supported"));
+        }
+        if !raw.rope {
+            return Err(unsupported("rope", "models without rotary embeddings are not supported"));
+        }
+        if raw.attention_layer_norm {
+            return Err(unsupported("attention_layer_norm", "query/key norms are not supported"));
+        }
+        if raw.scale_logits {
+            return Err(unsupported("scale_logits", "logit scaling is not supported"));
+        }
+        if raw.input_emb_norm {
+            return Err(unsupported("input_emb_norm", "embedding norms are not supported"));
+        }
+        if raw.clip_qkv.is_some() {
+            return Err(unsupported("clip_qkv", "q/k/v clipping is not supported"));
+        }
+        for (field, value, expected) in [
+            ("block_type", &raw.block_type, "llama"),
+            ("activation_type", &raw.activation_type, "silu"),
+            ("layer_norm_type", &raw.layer_norm_type, "rms"),
+        ] {
+            if let Some(v) = value
+                && v != expected
+            {
+                return Err(unsupported(field, &format!("`{v}` (only `{expected}` is supported)")));
+            }
+        }
+        let n_kv_heads = match (raw.n_kv_heads, raw.multi_query_attention) {
+            (Some(n), _) => n,
+            (None, Some(true)) => 1,
+            (None, _) => raw.n_heads,
+        };
+        let config = Self {
+            d_model: raw.d_model,
+            n_heads: raw.n_heads,
+            n_kv_heads,
+            n_layers: raw.n_layers,
+            mlp_hidden_size: raw.mlp_hidden_size.unwrap_or(raw.mlp_ratio * raw.d_model),
+            vocab_size: raw.vocab_size,
+            embedding_size: raw.embedding_size.unwrap_or(raw.vocab_size),
+            rope_theta: raw.rope_theta,
+            rms_norm_eps: raw.rms_norm_eps,
+            mask_token_id: raw.mask_token_id,
+            eos_token_id: raw.eos_token_id,
+            pad_token_id: raw.pad_token_id,
+            bos_token_id: raw.bos_token_id,
+            max_sequence_length: raw.max_sequence_length,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the sizes describe a model this crate can build.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first inconsistent field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Error::Config { path: None, reason };
+        for (name, v) in [
+            ("d_model", self.d_model),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("n_layers", self.n_layers),
+            ("mlp_hidden_size", self.mlp_hidden_size),
+            ("vocab_size", self.vocab_size),
+            ("max_sequence_length", self.max_sequence_length),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("`{name}` must be positive")));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(bad(format!(
+                "`n_heads` ({}) must divide `d_model` ({})",
+                self.n_heads, self.d_model
+            )));
+        }
+        if !(self.d_model / self.n_heads).is_multiple_of(2) {
+            return Err(bad("head width `d_model / n_heads` must be even for rotary embeddings".into()));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(bad(format!(
+                "`n_kv_heads` ({}) must divide `n_heads` ({})",
+                self.n_kv_heads, self.n_heads
+            )));
+        }
+        if self.embedding_size < self.vocab_size {
+            return Err(bad("`embedding_size` must be at least `vocab_size`".into()));
+        }
+        for (name, id) in [
+            ("mask_token_id", self.mask_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if id as usize >= self.embedding_size {
+                return Err(bad(format!(
+                    "`{name}` ({id}) is outside the {} embedding rows",
+                    self.embedding_size
+                )));
+            }
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(bad("`rope_theta` must be positive".into()));
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return Err(bad("`rms_norm_eps` must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let kv = self.n_kv_heads * self.head_dim();
+        let per_layer = 2 * d + 2 * d * d + 2 * d * kv + 3 * d * self.mlp_hidden_size;
+        self.n_layers * per_layer + d + 2 * self.embedding_size * d
+    }
+}
+
+/// A LLaDA model: parameters only; per-generation state lives in the
+/// [`FeatureCache`](crate::cache::FeatureCache) passed with each forward.
+#[derive(Module, Debug)]
+pub struct Llada {
+    /// Embedding, blocks, final norm, LM head.
+    pub backbone: Backbone,
+    #[module(skip)]
+    config: LladaConfig,
+}
+
+impl Llada {
+    /// Loads a Hugging Face LLaDA folder: `config.json` plus `model.safetensors` or a sharded
+    /// `model.safetensors.index.json`. Weights stored as f32, bf16 or f16 are converted to the
+    /// device's float type.
+    ///
+    /// # Errors
+    /// Config errors as [`LladaConfig::from_file`]; checkpoint errors: [`Error::Checkpoint`],
+    /// [`Error::MissingTensor`], [`Error::UnusedTensors`], [`Error::ShapeMismatch`],
+    /// [`Error::UnsupportedDtype`], [`Error::Io`].
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = LladaConfig::from_file(dir.join("config.json"))?;
+        let ckpt = Checkpoint::open_dir(dir, LLADA_NAMES, device)?;
+        Self::from_checkpoint(config, ckpt)
+    }
+
+    /// Loads weights from explicit safetensors files (for example `model.bf16.safetensors`).
+    ///
+    /// # Errors
+    /// As [`from_dir`](Self::from_dir).
+    pub fn from_safetensors(
+        config: LladaConfig,
+        files: &[std::path::PathBuf],
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let ckpt = Checkpoint::open_files(files, LLADA_NAMES, device)?;
+        Self::from_checkpoint(config, ckpt)
+    }
+
+    fn from_checkpoint(config: LladaConfig, mut ckpt: Checkpoint) -> Result<Self> {
+        let c = &config;
+        let d = c.d_model;
+        let kv = c.n_kv_heads * c.head_dim();
+        let eps = c.rms_norm_eps;
+        let embed = ckpt.embedding(Role::Embedding, c.embedding_size, d)?;
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            blocks.push(Block {
+                attn_norm: ckpt.norm(Role::AttnNorm, i, d, eps)?,
+                q: ckpt.linear(Role::Q, None, i, d, d)?,
+                k: ckpt.linear(Role::K, None, i, d, kv)?,
+                v: ckpt.linear(Role::V, None, i, d, kv)?,
+                o: ckpt.linear(Role::O, None, i, d, d)?,
+                ffn_norm: ckpt.norm(Role::FfnNorm, i, d, eps)?,
+                gate: ckpt.linear(Role::Gate, None, i, d, c.mlp_hidden_size)?,
+                up: ckpt.linear(Role::Up, None, i, d, c.mlp_hidden_size)?,
+                down: ckpt.linear(Role::Down, None, i, c.mlp_hidden_size, d)?,
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim(),
+            });
+        }
+        let norm = ckpt.norm(Role::FinalNorm, 0, d, eps)?;
+        let head = ckpt.linear(Role::LmHead, None, 0, d, c.embedding_size)?;
+        ckpt.finish()?;
+        Ok(Self {
+            backbone: Backbone {
+                embed,
+                blocks,
+                norm,
+                head,
+            },
+            config,
+        })
+    }
+
+    /// A model with random weights (seeded), for tests and benchmarks.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the config is invalid.
+    pub fn random(config: LladaConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let backbone = super::random_backbone(
+            &super::BackboneShape {
+                d_model: config.d_model,
+                n_heads: config.n_heads,
+                n_kv_heads: config.n_kv_heads,
+                n_layers: config.n_layers,
+                d_ff: config.mlp_hidden_size,
+                vocab: config.embedding_size,
+                eps: config.rms_norm_eps,
+                qkv_bias: false,
+            },
+            seed,
+            device,
+        );
+        Ok(Self { backbone, config })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &LladaConfig {
+        &self.config
+    }
+
+    fn env_rope(&self, seq: usize, device: &Device) -> Rope {
+        let positions: Vec<i64> = (0..seq as i64).collect();
+        Rope::new(
+            self.config.head_dim(),
+            self.config.rope_theta,
+            &[positions],
+            true,
+            device,
+        )
+    }
+
+    /// Plain forward pass (no cache) returning the logits of every position and the hidden
+    /// states: the input of every block followed by the final normed state (`n_layers + 1`
+    /// entries), as Hugging Face's `output_hidden_states=True` reports them.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`; logits `[batch, seq, embedding_size]`; each hidden state
+    ///   `[batch, seq, d_model]`.
+    ///
+    /// # Errors
+    /// As [`Denoiser::forward`].
+    pub fn forward_with_hidden_states(
+        &self,
+        tokens: Tensor<2, Int>,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
+        let [_, seq] = tokens.dims();
+        let mut policy = crate::cache::NoCache;
+        let mut cache = crate::cache::FeatureCache::new();
+        let mut flops = crate::flops::FlopCounter::new();
+        let info = crate::denoiser::StepInfo {
+            index: 0,
+            prompt_len: seq,
+            response_len: 0,
+        };
+        let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops);
+        let mut hidden = Vec::with_capacity(self.config.n_layers + 1);
+        let logits = self.run(tokens, &mut ctx, Some(&mut hidden))?;
+        Ok((logits, hidden))
+    }
+
+    fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        ctx: &mut StepContext<'_>,
+        hidden: Option<&mut Vec<Tensor<3>>>,
+    ) -> Result<Tensor<3>> {
+        let seq = super::validate_tokens(
+            &tokens,
+            ctx,
+            self.config.max_sequence_length,
+            self.config.embedding_size,
+        )?;
+        let rope = self.env_rope(seq, &tokens.device());
+        let env = LayerEnv {
+            rope: &rope,
+            prompt_len: ctx.info.prompt_len,
+            key_mask: None,
+        };
+        let from = ctx.logits_from;
+        self.backbone.run(tokens, &env, ctx, from..seq, hidden)
+    }
+}
+
+impl Denoiser for Llada {
+    fn forward(&self, tokens: Tensor<2, Int>, ctx: &mut StepContext<'_>) -> Result<Tensor<3>> {
+        self.run(tokens, ctx, None)
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            mask: self.config.mask_token_id,
+            eos: self.config.eos_token_id,
+            pad: self.config.pad_token_id,
+            bos: self.config.bos_token_id,
+        }
+    }
+
+    fn num_layers(&self) -> usize {
+        self.config.n_layers
+    }
+
+    fn max_seq_len(&self) -> usize {
+        self.config.max_sequence_length
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.embedding_size
+    }
+
+    fn device(&self) -> Device {
+        self.backbone.head.weight.device()
+    }
+}
