@@ -66,7 +66,7 @@ pub struct StepContext<'a> {
     pub(crate) policy: &'a mut dyn CachePolicy,
     pub(crate) cache: &'a mut FeatureCache,
     pub(crate) flops: &'a mut FlopCounter,
-    pub(crate) logits_from: usize,
+    pub(crate) logit_rows: Option<std::ops::Range<usize>>,
     pub(crate) trace: Option<&'a mut Vec<LayerTrace>>,
 }
 
@@ -83,15 +83,15 @@ impl<'a> StepContext<'a> {
             policy,
             cache,
             flops,
-            logits_from: 0,
+            logit_rows: None,
             trace: None,
         }
     }
 
-    /// Returns logits only for positions `start..` (the LM head then runs on those rows only;
-    /// samplers ask for the response rows).
-    pub fn with_logits_from(mut self, start: usize) -> Self {
-        self.logits_from = start;
+    /// Returns logits only for the positions in `rows` (the LM head then runs on those rows
+    /// only; samplers ask for the rows they can commit this step).
+    pub fn with_logit_rows(mut self, rows: std::ops::Range<usize>) -> Self {
+        self.logit_rows = Some(rows);
         self
     }
 
@@ -129,7 +129,8 @@ pub trait Denoiser: Send + Sync {
     ///
     /// # Shapes
     /// - `tokens`: `[batch, seq]` with `seq = prompt_len + response_len` of the context;
-    /// - returns `[batch, seq - logits_from, vocab]`.
+    /// - returns `[batch, rows, vocab]` for the context's logit rows (all `seq` positions unless
+    ///   [`StepContext::with_logit_rows`] narrowed them).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the shape disagrees with the

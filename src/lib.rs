@@ -7,6 +7,7 @@ mod error;
 pub mod flops;
 pub mod model;
 mod rng;
+pub mod sampler;
 
 pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache};
 pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext, StepInfo};
@@ -14,6 +15,10 @@ pub use error::{Error, Result};
 pub use flops::FlopCounter;
 pub use model::llada::{Llada, LladaConfig};
 pub use rng::SplitMix64;
+pub use sampler::{
+    Commit, GenerationOutput, GenerationStats, LladaSampler, LladaSamplerConfig, Remasking,
+    StepEvent,
+};
 
 /// Re-export of the burn version this crate is built on.
 pub use burn;

@@ -15,9 +15,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::ops::ControlFlow;
+
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
-use dllm_cache::{Llada, LladaConfig};
+use dllm_cache::sampler::{ForwardTrace, Pass};
+use dllm_cache::{
+    CachePolicy, Commit, Denoiser, DllmCacheConfig, Llada, LladaConfig, LladaSamplerConfig,
+    NoCache, RowsTrace,
+};
 use serde_json::Value;
+
+/// Cosine margins at or below this are float noise (FORMAT.md): the chosen rows may differ.
+const COS_MARGIN: f64 = 1e-5;
 
 /// f32 forward tolerance of the issue: logits and every hidden state.
 const F32_TOL: f32 = 1e-4;
@@ -130,6 +139,21 @@ fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> Ca
                 model.forward_with_hidden_states(tokens).map_err(|e| e.to_string())
             })
         }
+        ("llada", "generate") => {
+            let model = models.llada(&model_dir, weights, device)?;
+            let c = LladaSamplerConfig::new()
+                .with_steps(usize_of(&case["steps"])?)
+                .with_gen_length(usize_of(&case["gen_length"])?)
+                .with_block_length(usize_of(&case["block_length"])?)
+                .with_cfg_scale(case["cfg_scale"].as_f64().unwrap_or(0.0));
+            let sampler = c.init().map_err(|e| e.to_string())?.with_layer_trace(true);
+            generate_case(&case, model, |prompts, policy, on_step| {
+                sampler
+                    .generate_with(model, prompts, policy, on_step)
+                    .map(|o| o.sequences)
+                    .map_err(|e| e.to_string())
+            })
+        }
         (_, kind) => Ok(Outcome::Unsupported(format!("{arch} {kind} cases are not implemented yet"))),
     }
 }
@@ -239,4 +263,189 @@ fn forward_case(
 fn bf16_tolerance(reference: &[f32]) -> f32 {
     let max = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     8.0 * (2f32).powi(max.log2().floor() as i32 - 7)
+}
+
+fn usize_of(v: &Value) -> Result<usize, String> {
+    v.as_u64().map(|v| v as usize).ok_or_else(|| format!("expected an integer, got {v}"))
+}
+
+fn rows_of(v: &Value) -> Result<Vec<Vec<u32>>, String> {
+    v.as_array()
+        .ok_or("expected a list of rows")?
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .ok_or("expected a row")?
+                .iter()
+                .map(|t| t.as_u64().map(|t| t as u32).ok_or_else(|| "expected a token".to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The policy a case's `cache` field describes (the official code always refreshes layer 0).
+fn policy_of(case: &Value) -> Result<Box<dyn CachePolicy>, String> {
+    let cache = &case["cache"];
+    if cache.is_null() {
+        return Ok(Box::new(NoCache));
+    }
+    let config = DllmCacheConfig::new()
+        .with_prompt_interval(usize_of(&cache["prompt_interval_steps"])?)
+        .with_response_interval(usize_of(&cache["gen_interval_steps"])?)
+        .with_refresh_ratio(cache["transfer_ratio"].as_f64().ok_or("transfer_ratio")?)
+        .with_cfg_interval(usize_of(&cache["cfg_interval_steps"])?)
+        .with_refresh_first_layer(true);
+    Ok(Box::new(config.init().map_err(|e| e.to_string())?))
+}
+
+/// What a generation recorded at one step.
+struct Recorded {
+    committed: Vec<Vec<Commit>>,
+    forwards: Vec<ForwardTrace>,
+}
+
+/// Runs a generate case and compares it step by step with the reference.
+fn generate_case(
+    case: &Value,
+    _model: &dyn Denoiser,
+    mut generate: impl FnMut(
+        &[Vec<u32>],
+        &mut dyn CachePolicy,
+        &mut dyn FnMut(&dllm_cache::StepEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Vec<Vec<u32>>, String>,
+) -> CaseResult {
+    let prompts = rows_of(&case["prompt"])?;
+    let want_final = rows_of(&case["final_x"])?;
+    let mut policy = policy_of(case)?;
+    let mut recorded = Vec::new();
+    let got_final = generate(&prompts, policy.as_mut(), &mut |event| {
+        recorded.push(Recorded {
+            committed: event.committed.to_vec(),
+            forwards: event.forwards.to_vec(),
+        });
+        ControlFlow::Continue(())
+    })?;
+    let records = case["step_records"].as_array().ok_or("no step_records")?;
+    let informational = case["informational_only"].as_bool().unwrap_or(false);
+    let p = prompts[0].len();
+    let agree: usize = got_final
+        .iter()
+        .zip(&want_final)
+        .map(|(g, w)| g[p..].iter().zip(&w[p..]).filter(|(a, b)| a == b).count())
+        .sum();
+    let total: usize = want_final.iter().map(|w| w.len() - p).sum();
+    let mut checked_sets = 0;
+    let mut skipped_sets = 0;
+    let mut divergence = None;
+    if recorded.len() != records.len() {
+        divergence = Some(format!("{} steps, expected {}", recorded.len(), records.len()));
+    }
+    for (step, (got, want)) in recorded.iter().zip(records).enumerate() {
+        if divergence.is_some() {
+            break;
+        }
+        if let Err(e) = compare_step(got, want, &mut checked_sets, &mut skipped_sets) {
+            divergence = Some(format!("first divergence at step {step}: {e}"));
+        }
+    }
+    if divergence.is_none() && got_final != want_final {
+        divergence = Some("final sequences differ".into());
+    }
+    let summary = format!(
+        "{agree}/{total} tokens, {} steps, {checked_sets} V-verify sets compared ({skipped_sets} within float noise)",
+        records.len()
+    );
+    Ok(match (divergence, informational) {
+        (None, _) => Outcome::Ok(summary),
+        (Some(d), true) => Outcome::Ok(format!("informational (bf16 ties): {summary}; {d}")),
+        (Some(d), false) => Outcome::Fail(format!("{summary}; {d}")),
+    })
+}
+
+fn compare_step(
+    got: &Recorded,
+    want: &Value,
+    checked_sets: &mut usize,
+    skipped_sets: &mut usize,
+) -> Result<(), String> {
+    let rows = want["rows"].as_array().ok_or("no rows")?;
+    for (b, (g, w)) in got.committed.iter().zip(rows).enumerate() {
+        let mut want_pairs: Vec<(usize, u32)> = w["positions"]
+            .as_array()
+            .ok_or("positions")?
+            .iter()
+            .zip(w["tokens"].as_array().ok_or("tokens")?)
+            .map(|(p, t)| (p.as_u64().unwrap_or(0) as usize, t.as_u64().unwrap_or(0) as u32))
+            .collect();
+        let mut got_pairs: Vec<(usize, u32)> = g.iter().map(|c| (c.position, c.token)).collect();
+        want_pairs.sort();
+        got_pairs.sort();
+        if want_pairs != got_pairs {
+            return Err(format!("row {b} committed {got_pairs:?}, expected {want_pairs:?}"));
+        }
+    }
+    let Some(calls) = want["cache_calls"].as_array() else {
+        return Ok(());
+    };
+    if calls.len() != got.forwards.len() {
+        return Err(format!("{} forwards, expected {}", got.forwards.len(), calls.len()));
+    }
+    for (call, fwd) in calls.iter().zip(&got.forwards) {
+        let want_pass = match call["cache_type"].as_str() {
+            Some("cfg") => Pass::Unconditional,
+            _ => Pass::Conditional,
+        };
+        let current = call["current_step"].as_u64().unwrap_or(0) as usize;
+        if fwd.pass != want_pass || fwd.index + 1 != current {
+            return Err(format!(
+                "forward {:?} #{} where the reference ran {want_pass:?} at current_step {current}",
+                fwd.pass,
+                fwd.index + 1
+            ));
+        }
+        let branches: Vec<&str> = fwd.layers.iter().map(|l| l.branch()).collect();
+        let want_branches: Vec<&str> = call["layer_branch"]
+            .as_array()
+            .ok_or("layer_branch")?
+            .iter()
+            .map(|v| v.as_str().unwrap_or(""))
+            .collect();
+        if branches != want_branches {
+            return Err(format!(
+                "{want_pass:?} pass layer branches {branches:?}, expected {want_branches:?}"
+            ));
+        }
+        for t in call["transfer"].as_array().into_iter().flatten() {
+            let layer = t["layer"].as_u64().unwrap_or(0) as usize;
+            let k = t["k"].as_u64().unwrap_or(0) as usize;
+            let RowsTrace::Rows(got_rows) = &fwd.layers[layer].response else {
+                return Err(format!("layer {layer}: no V-verify where the reference chose {k} rows"));
+            };
+            for (b, row) in t["rows"].as_array().ok_or("transfer rows")?.iter().enumerate() {
+                let mut want_idx: Vec<usize> = row["index"]
+                    .as_array()
+                    .ok_or("index")?
+                    .iter()
+                    .map(|v| v.as_u64().unwrap_or(0) as usize)
+                    .collect();
+                let mut got_idx = got_rows[b].clone();
+                if got_idx.len() != k {
+                    return Err(format!("layer {layer} row {b}: {} rows chosen, expected {k}", got_idx.len()));
+                }
+                if row["margin"].as_f64().unwrap_or(0.0) <= COS_MARGIN {
+                    *skipped_sets += 1;
+                    continue;
+                }
+                want_idx.sort();
+                got_idx.sort();
+                if want_idx != got_idx {
+                    return Err(format!(
+                        "{want_pass:?} pass layer {layer} row {b}: V-verify chose {got_idx:?}, expected {want_idx:?}"
+                    ));
+                }
+                *checked_sets += 1;
+            }
+        }
+    }
+    Ok(())
 }

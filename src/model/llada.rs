@@ -498,8 +498,8 @@ impl Llada {
             prompt_len: ctx.info.prompt_len,
             key_mask: None,
         };
-        let from = ctx.logits_from;
-        self.backbone.run(tokens, &env, ctx, from..seq, hidden)
+        let rows = ctx.logit_rows.clone().unwrap_or(0..seq);
+        self.backbone.run(tokens, &env, ctx, rows, hidden)
     }
 }
 

@@ -142,10 +142,12 @@ pub(crate) fn validate_tokens(
     if seq > max_len {
         return Err(Error::SequenceTooLong { len: seq, max: max_len });
     }
-    if ctx.logits_from >= seq {
+    if let Some(rows) = &ctx.logit_rows
+        && (rows.start >= rows.end || rows.end > seq)
+    {
         return Err(Error::invalid(
-            "logits_from",
-            format!("{} is not a position of a {seq}-token sequence", ctx.logits_from),
+            "logit_rows",
+            format!("{rows:?} is not a non-empty range of a {seq}-token sequence"),
         ));
     }
     let out_of_range = tokens.clone().lower_elem(0).bool_or(tokens.clone().greater_equal_elem(vocab as i64));

@@ -1,0 +1,208 @@
+//! Samplers: iterative unmasking loops that drive a [`Denoiser`](crate::Denoiser) under a
+//! [`CachePolicy`](crate::CachePolicy).
+//!
+//! Every sampler starts the response as `[MASK]` tokens and, step by step, commits the tokens
+//! it is most confident about. They share the output types here: [`GenerationOutput`] with
+//! [`GenerationStats`], and the per-step [`StepEvent`] given to a streaming callback, which can
+//! stop the generation early by returning [`ControlFlow::Break`].
+
+pub mod llada;
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::denoiser::{Denoiser, LayerTrace};
+use crate::error::{Error, Result};
+use crate::flops::FlopCounter;
+
+pub use llada::{LladaSampler, LladaSamplerConfig, Remasking};
+
+/// One token committed at one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Commit {
+    /// Absolute position in the sequence (prompt included).
+    pub position: usize,
+    /// The token written there.
+    pub token: u32,
+    /// The score it was selected by (probability, margin, negative entropy or random draw,
+    /// depending on the sampler's rule).
+    pub confidence: f32,
+}
+
+/// Which pass of a step a forward belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The model on the current sequence.
+    Conditional,
+    /// Classifier-free guidance: the sequence with its prompt masked.
+    Unconditional,
+}
+
+/// What one forward of a step did, layer by layer (recorded when layer tracing is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardTrace {
+    /// Which pass.
+    pub pass: Pass,
+    /// The forward's index among the forwards sharing its feature cache (0-based).
+    pub index: usize,
+    /// One entry per layer.
+    pub layers: Vec<LayerTrace>,
+}
+
+/// Given to the streaming callback after every step.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// 0-based step.
+    pub step: usize,
+    /// Steps the generation will take if not stopped.
+    pub total_steps: usize,
+    /// Semi-autoregressive block of this step (0 for samplers without blocks).
+    pub block: usize,
+    /// Prompt length; the response starts here.
+    pub prompt_len: usize,
+    /// Per batch row, the tokens committed at this step, in selection order.
+    pub committed: &'a [Vec<Commit>],
+    /// Per batch row, the whole sequence after this step (masks where not yet committed).
+    pub sequences: &'a [Vec<u32>],
+    /// The forwards of this step with their layer traces (empty unless tracing is on).
+    pub forwards: &'a [ForwardTrace],
+}
+
+/// Counters of a finished generation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Sampler steps taken.
+    pub steps: usize,
+    /// Model forwards run (more than `steps` with classifier-free guidance).
+    pub forwards: usize,
+    /// FLOPs executed.
+    pub flops: FlopCounter,
+    /// Largest size of the feature caches during the generation, in bytes.
+    pub peak_cache_bytes: usize,
+    /// Wall-clock time of the generation.
+    pub wall_time: Duration,
+    /// Whether the callback stopped the generation before its last step.
+    pub stopped_early: bool,
+}
+
+impl GenerationStats {
+    /// Generated positions per second of wall time, for `tokens` generated positions.
+    pub fn tokens_per_second(&self, tokens: usize) -> f64 {
+        tokens as f64 / self.wall_time.as_secs_f64().max(1e-12)
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOutput {
+    /// Per batch row, prompt followed by the response (the mask token where a position was
+    /// never committed, after an early stop).
+    pub sequences: Vec<Vec<u32>>,
+    /// Length of the prompt part of every row.
+    pub prompt_len: usize,
+    /// Counters.
+    pub stats: GenerationStats,
+}
+
+impl GenerationOutput {
+    /// The response part of batch row `row`.
+    ///
+    /// # Panics
+    /// If `row` is not a batch row.
+    pub fn response(&self, row: usize) -> &[u32] {
+        &self.sequences[row][self.prompt_len..]
+    }
+}
+
+/// The streaming callback type.
+pub type OnStep<'a> = dyn FnMut(&StepEvent<'_>) -> ControlFlow<()> + 'a;
+
+/// How many of `masks` tokens to commit at each of `steps` steps: the same number each step,
+/// the remainder spread over the first steps (LLaDA's `get_num_transfer_tokens`).
+pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
+    if steps == 0 {
+        return Vec::new();
+    }
+    let base = masks / steps;
+    let rem = masks % steps;
+    (0..steps).map(|i| base + usize::from(i < rem)).collect()
+}
+
+/// Checks a batch of prompts against a model and a response length; returns the prompt length.
+pub(crate) fn validate_prompts(
+    model: &dyn Denoiser,
+    prompts: &[Vec<u32>],
+    gen_length: usize,
+) -> Result<usize> {
+    let first = prompts
+        .first()
+        .ok_or_else(|| Error::invalid("prompts", "the batch is empty"))?;
+    let p = first.len();
+    if p == 0 {
+        return Err(Error::invalid("prompts", "a prompt is empty"));
+    }
+    if let Some(row) = prompts.iter().position(|r| r.len() != p) {
+        return Err(Error::invalid(
+            "prompts",
+            format!(
+                "batch rows must have equal length: row 0 has {p} tokens, row {row} has {}",
+                prompts[row].len()
+            ),
+        ));
+    }
+    let len = p + gen_length;
+    if len > model.max_seq_len() {
+        return Err(Error::SequenceTooLong {
+            len,
+            max: model.max_seq_len(),
+        });
+    }
+    let vocab = model.vocab_size();
+    let mask = model.special_tokens().mask;
+    for (row, prompt) in prompts.iter().enumerate() {
+        for (position, &id) in prompt.iter().enumerate() {
+            if id as usize >= vocab {
+                return Err(Error::TokenOutOfRange {
+                    id: id as i64,
+                    row,
+                    position,
+                    vocab,
+                });
+            }
+            if id == mask {
+                return Err(Error::invalid(
+                    "prompts",
+                    format!("row {row} position {position} holds the mask token {mask}"),
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Uploads a batch of equal-length rows.
+pub(crate) fn tokens_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let len = rows.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device)
+}
+
+pub(crate) fn backend_err(e: impl std::fmt::Debug) -> Error {
+    Error::Backend(format!("{e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_gives_remainder_to_first_steps() {
+        assert_eq!(transfer_schedule(10, 4), vec![3, 3, 2, 2]);
+        assert_eq!(transfer_schedule(8, 8), vec![1; 8]);
+        assert_eq!(transfer_schedule(3, 5), vec![1, 1, 1, 0, 0]);
+        assert_eq!(transfer_schedule(0, 3), vec![0, 0, 0]);
+        assert_eq!(transfer_schedule(5, 0), Vec::<usize>::new());
+    }
+}
