@@ -101,7 +101,9 @@ pub enum Error {
     },
 
     /// A token id is not in the model's vocabulary.
-    #[error("token id {id} at batch row {row}, position {position} is outside the vocabulary of {vocab} entries")]
+    #[error(
+        "token id {id} at batch row {row}, position {position} is outside the vocabulary of {vocab} entries"
+    )]
     TokenOutOfRange {
         /// The token id.
         id: i64,

@@ -48,7 +48,14 @@ impl FlopCounter {
     }
 
     /// Adds both attention products for `queries` query rows over `keys` keys.
-    pub(crate) fn add_attention(&mut self, batch: usize, heads: usize, queries: usize, keys: usize, head_dim: usize) {
+    pub(crate) fn add_attention(
+        &mut self,
+        batch: usize,
+        heads: usize,
+        queries: usize,
+        keys: usize,
+        head_dim: usize,
+    ) {
         self.attention += 2 * 2 * (batch * heads * queries * keys * head_dim) as u64;
     }
 }

@@ -1,4 +1,50 @@
-//! dllm-cache: diffusion LLM inference with adaptive feature caching.
+//! Diffusion LLMs (LLaDA, Dream) on burn, with training-free adaptive feature caching.
+//!
+//! A diffusion LLM generates by iterative unmasking: the response starts as `[MASK]` tokens and
+//! every step runs the whole prompt+response through a bidirectional transformer, committing a
+//! few confident tokens. [dLLM-Cache](https://arxiv.org/abs/2506.06295) (Liu et al.) caches
+//! every layer's keys, values, attention output and FFN output and recomputes only what moved.
+//!
+//! The pieces:
+//!
+//! | piece | types |
+//! |---|---|
+//! | models (burn modules, loaded from Hugging Face folders) | [`Llada`], [`LladaConfig`] |
+//! | what a sampler needs from a model | [`Denoiser`], [`StepContext`], [`StepInfo`] |
+//! | samplers | [`LladaSamplerConfig`] -> [`LladaSampler`], [`GenerationOutput`], [`StepEvent`] |
+//! | cache policies | [`CachePolicy`], [`NoCache`], [`DllmCacheConfig`] -> [`DllmCache`], [`FeatureCache`] |
+//! | accounting | [`FlopCounter`], [`GenerationStats`] |
+//! | errors | [`Error`], [`Result`] |
+//!
+//! Library code names no burn backend: pass a [`Device`](burn::tensor::Device) (cargo
+//! features `flex` (default), `ndarray`, `cuda` decide which exist). Nothing is global: one
+//! loaded model serves any number of concurrent generations, each with its own policy and
+//! [`FeatureCache`].
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use dllm_cache::burn::tensor::Device;
+//! use dllm_cache::{DllmCacheConfig, Llada, LladaSamplerConfig, NoCache};
+//!
+//! # fn main() -> dllm_cache::Result<()> {
+//! let model = Llada::from_dir("path/to/LLaDA-8B-Instruct", &Device::flex())?;
+//! let sampler = LladaSamplerConfig::new()
+//!     .with_gen_length(128)
+//!     .with_steps(128)
+//!     .with_block_length(32)
+//!     .init()?;
+//! let prompt = vec![vec![126080, 3840, 25]]; // token ids
+//! let cached = sampler.generate(&model, &prompt, &mut DllmCacheConfig::new().init()?)?;
+//! let plain = sampler.generate(&model, &prompt, &mut NoCache)?;
+//! println!(
+//!     "{:?}\nFLOPs reduction {:.2}x",
+//!     cached.response(0),
+//!     plain.stats.flops.paper() as f64 / cached.stats.flops.paper() as f64
+//! );
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod cache;

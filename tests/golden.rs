@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let dir = std::env::var_os("DLLM_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden"));
-    let device = Device::flex();
+    let device = Device::default();
     let mut models = Models::default();
     let (mut passed, mut failed, mut unsupported) = (0, 0, 0);
     let cases = match enumerate(&dir) {
@@ -93,11 +93,19 @@ fn enumerate(dir: &Path) -> std::io::Result<Vec<(String, String, PathBuf)>> {
         if !cases.is_dir() {
             continue;
         }
-        let arch_name = arch.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let arch_name = arch
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         for entry in std::fs::read_dir(&cases)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "json") {
-                let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((arch_name.clone(), name, path));
             }
         }
@@ -116,7 +124,8 @@ impl Models {
     fn llada(&mut self, dir: &Path, weights: &str, device: &Device) -> Result<&Llada, String> {
         let key = dir.join(weights);
         if !self.llada.contains_key(&key) {
-            let config = LladaConfig::from_file(dir.join("config.json")).map_err(|e| e.to_string())?;
+            let config =
+                LladaConfig::from_file(dir.join("config.json")).map_err(|e| e.to_string())?;
             let model = Llada::from_safetensors(config, std::slice::from_ref(&key), device)
                 .map_err(|e| e.to_string())?;
             self.llada.insert(key.clone(), model);
@@ -136,7 +145,9 @@ fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> Ca
         ("llada", "forward") => {
             let model = models.llada(&model_dir, weights, device)?;
             forward_case(&case, case_dir, device, |tokens| {
-                model.forward_with_hidden_states(tokens).map_err(|e| e.to_string())
+                model
+                    .forward_with_hidden_states(tokens)
+                    .map_err(|e| e.to_string())
             })
         }
         ("llada", "generate") => {
@@ -154,7 +165,9 @@ fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> Ca
                     .map_err(|e| e.to_string())
             })
         }
-        (_, kind) => Ok(Outcome::Unsupported(format!("{arch} {kind} cases are not implemented yet"))),
+        (_, kind) => Ok(Outcome::Unsupported(format!(
+            "{arch} {kind} cases are not implemented yet"
+        ))),
     }
 }
 
@@ -165,7 +178,9 @@ struct Arrays {
 
 impl Arrays {
     fn open(case: &Value, case_dir: &Path) -> Result<Self, String> {
-        let file = case["arrays_file"].as_str().ok_or("case has no arrays_file")?;
+        let file = case["arrays_file"]
+            .as_str()
+            .ok_or("case has no arrays_file")?;
         let bytes = std::fs::read(case_dir.join(file)).map_err(|e| e.to_string())?;
         Ok(Self { bytes })
     }
@@ -194,7 +209,10 @@ impl Arrays {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn forward_case(
@@ -217,7 +235,11 @@ fn forward_case(
             logits_shape
         )));
     }
-    let got_logits: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let got_logits: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
     let dl = max_abs_diff(&got_logits, &want_logits);
     if hidden.len() != hidden_shape[0] {
         return Ok(Outcome::Fail(format!(
@@ -230,7 +252,11 @@ fn forward_case(
     let mut dh = 0f32;
     let mut worst_layer = 0;
     for (i, h) in hidden.into_iter().enumerate() {
-        let got: Vec<f32> = h.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let got: Vec<f32> = h
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         let d = max_abs_diff(&got, &want_hidden[i * per..(i + 1) * per]);
         if d > dh {
             dh = d;
@@ -239,8 +265,16 @@ fn forward_case(
     }
     let detail = format!("max|dlogits|={dl:.2e} max|dhidden|={dh:.2e} (entry {worst_layer})");
     let bf16 = case["dtype"].as_str() == Some("bfloat16");
-    let tol = if bf16 { bf16_tolerance(&want_logits) } else { F32_TOL };
-    let hidden_tol = if bf16 { bf16_tolerance(&want_hidden) } else { F32_TOL };
+    let tol = if bf16 {
+        bf16_tolerance(&want_logits)
+    } else {
+        F32_TOL
+    };
+    let hidden_tol = if bf16 {
+        bf16_tolerance(&want_hidden)
+    } else {
+        F32_TOL
+    };
     if dl <= tol && dh <= hidden_tol {
         Ok(Outcome::Ok(if bf16 {
             format!("{detail} (bf16 bounds: logits {tol:.2e}, hidden {hidden_tol:.2e})")
@@ -266,7 +300,9 @@ fn bf16_tolerance(reference: &[f32]) -> f32 {
 }
 
 fn usize_of(v: &Value) -> Result<usize, String> {
-    v.as_u64().map(|v| v as usize).ok_or_else(|| format!("expected an integer, got {v}"))
+    v.as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("expected an integer, got {v}"))
 }
 
 fn rows_of(v: &Value) -> Result<Vec<Vec<u32>>, String> {
@@ -277,7 +313,11 @@ fn rows_of(v: &Value) -> Result<Vec<Vec<u32>>, String> {
             r.as_array()
                 .ok_or("expected a row")?
                 .iter()
-                .map(|t| t.as_u64().map(|t| t as u32).ok_or_else(|| "expected a token".to_string()))
+                .map(|t| {
+                    t.as_u64()
+                        .map(|t| t as u32)
+                        .ok_or_else(|| "expected a token".to_string())
+                })
                 .collect()
         })
         .collect()
@@ -338,7 +378,11 @@ fn generate_case(
     let mut skipped_sets = 0;
     let mut divergence = None;
     if recorded.len() != records.len() {
-        divergence = Some(format!("{} steps, expected {}", recorded.len(), records.len()));
+        divergence = Some(format!(
+            "{} steps, expected {}",
+            recorded.len(),
+            records.len()
+        ));
     }
     for (step, (got, want)) in recorded.iter().zip(records).enumerate() {
         if divergence.is_some() {
@@ -375,20 +419,31 @@ fn compare_step(
             .ok_or("positions")?
             .iter()
             .zip(w["tokens"].as_array().ok_or("tokens")?)
-            .map(|(p, t)| (p.as_u64().unwrap_or(0) as usize, t.as_u64().unwrap_or(0) as u32))
+            .map(|(p, t)| {
+                (
+                    p.as_u64().unwrap_or(0) as usize,
+                    t.as_u64().unwrap_or(0) as u32,
+                )
+            })
             .collect();
         let mut got_pairs: Vec<(usize, u32)> = g.iter().map(|c| (c.position, c.token)).collect();
         want_pairs.sort();
         got_pairs.sort();
         if want_pairs != got_pairs {
-            return Err(format!("row {b} committed {got_pairs:?}, expected {want_pairs:?}"));
+            return Err(format!(
+                "row {b} committed {got_pairs:?}, expected {want_pairs:?}"
+            ));
         }
     }
     let Some(calls) = want["cache_calls"].as_array() else {
         return Ok(());
     };
     if calls.len() != got.forwards.len() {
-        return Err(format!("{} forwards, expected {}", got.forwards.len(), calls.len()));
+        return Err(format!(
+            "{} forwards, expected {}",
+            got.forwards.len(),
+            calls.len()
+        ));
     }
     for (call, fwd) in calls.iter().zip(&got.forwards) {
         let want_pass = match call["cache_type"].as_str() {
@@ -419,9 +474,16 @@ fn compare_step(
             let layer = t["layer"].as_u64().unwrap_or(0) as usize;
             let k = t["k"].as_u64().unwrap_or(0) as usize;
             let RowsTrace::Rows(got_rows) = &fwd.layers[layer].response else {
-                return Err(format!("layer {layer}: no V-verify where the reference chose {k} rows"));
+                return Err(format!(
+                    "layer {layer}: no V-verify where the reference chose {k} rows"
+                ));
             };
-            for (b, row) in t["rows"].as_array().ok_or("transfer rows")?.iter().enumerate() {
+            for (b, row) in t["rows"]
+                .as_array()
+                .ok_or("transfer rows")?
+                .iter()
+                .enumerate()
+            {
                 let mut want_idx: Vec<usize> = row["index"]
                     .as_array()
                     .ok_or("index")?
@@ -430,7 +492,10 @@ fn compare_step(
                     .collect();
                 let mut got_idx = got_rows[b].clone();
                 if got_idx.len() != k {
-                    return Err(format!("layer {layer} row {b}: {} rows chosen, expected {k}", got_idx.len()));
+                    return Err(format!(
+                        "layer {layer} row {b}: {} rows chosen, expected {k}",
+                        got_idx.len()
+                    ));
                 }
                 if row["margin"].as_f64().unwrap_or(0.0) <= COS_MARGIN {
                     *skipped_sets += 1;

@@ -32,7 +32,14 @@ fn fixture_tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
     let mut out: Vec<_> = st
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -63,16 +70,23 @@ fn logits(model: &Llada, device: &Device) -> Vec<f32> {
     let ids: Vec<i64> = (0..20).map(|i| (i * 37 % 300) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 20]), device);
     let (logits, _) = model.forward_with_hidden_states(tokens).expect("forward");
-    logits.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits")
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 logits")
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn sharded_checkpoint_loads_the_same_model() {
-    let device = Device::flex();
+    let device = Device::default();
     let reference = Llada::from_dir(fixture(), &device).expect("fixture loads");
     let tensors = fixture_tensors();
     let dir = scratch("sharded");
@@ -95,10 +109,13 @@ fn sharded_checkpoint_loads_the_same_model() {
 
 #[test]
 fn f16_and_bf16_weights_load_and_run() {
-    let device = Device::flex();
+    let device = Device::default();
     let reference = logits(&Llada::from_dir(fixture(), &device).unwrap(), &device);
     for (dtype, convert) in [
-        (Dtype::F16, (|v: f32| half::f16::from_f32(v).to_le_bytes()) as fn(f32) -> [u8; 2]),
+        (
+            Dtype::F16,
+            (|v: f32| half::f16::from_f32(v).to_le_bytes()) as fn(f32) -> [u8; 2],
+        ),
         (Dtype::BF16, |v: f32| half::bf16::from_f32(v).to_le_bytes()),
     ] {
         let tensors: Vec<_> = fixture_tensors()
@@ -118,7 +135,10 @@ fn f16_and_bf16_weights_load_and_run() {
         let diff = max_abs_diff(&got, &reference);
         // Rounding the weights to 8 (bf16) or 11 (f16) mantissa bits moves logits by a few
         // percent of their range, never by the range itself.
-        assert!(diff < 0.1 * spread, "{dtype:?}: diff {diff} vs spread {spread}");
+        assert!(
+            diff < 0.1 * spread,
+            "{dtype:?}: diff {diff} vs spread {spread}"
+        );
         assert!(diff > 0.0, "{dtype:?}: rounding must change something");
     }
 }
@@ -126,11 +146,17 @@ fn f16_and_bf16_weights_load_and_run() {
 #[test]
 fn empty_directory_is_an_io_error() {
     let dir = scratch("empty");
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
-    assert!(matches!(err, Error::Io { ref path, .. } if path.ends_with("config.json")), "{err}");
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref path, .. } if path.ends_with("config.json")),
+        "{err}"
+    );
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
-    assert!(matches!(err, Error::Io { ref path, .. } if path.ends_with("model.safetensors")), "{err}");
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref path, .. } if path.ends_with("model.safetensors")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,14 +165,17 @@ fn truncated_file_is_a_checkpoint_error() {
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     assert!(
         matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("truncated")),
         "{err}"
     );
     std::fs::write(&file, &bytes[..5]).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
-    assert!(matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("too short")), "{err}");
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("too short")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -159,7 +188,7 @@ fn header_that_lies_is_a_checkpoint_error() {
     let lie = (bytes.len() as u64 * 2).to_le_bytes();
     bytes[..8].copy_from_slice(&lie);
     std::fs::write(&file, &bytes).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     assert!(
         matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("larger than the file")),
         "{err}"
@@ -178,7 +207,7 @@ fn header_that_lies_is_a_checkpoint_error() {
     new_header.resize(n, b' ');
     bytes[8..8 + n].copy_from_slice(&new_header);
     std::fs::write(&file, &bytes).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     assert!(
         matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("invalid header")),
         "{err}"
@@ -195,8 +224,11 @@ fn unknown_dtype_in_header_is_a_checkpoint_error() {
     let patched = header.replacen("\"F32\"", "\"Q9X\"", 1);
     bytes[8..8 + n].copy_from_slice(patched.as_bytes());
     std::fs::write(&file, &bytes).unwrap();
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
-    assert!(matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("Q9X")), "{err}");
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Checkpoint { ref reason, .. } if reason.contains("Q9X")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -208,7 +240,7 @@ fn wrong_dtype_names_the_tensor() {
         .unwrap();
     victim.1 = Dtype::I32;
     let dir = model_dir("dtype", &tensors);
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     match err {
         Error::UnsupportedDtype { name, dtype } => {
             assert_eq!(name, "model.transformer.blocks.1.up_proj.weight");
@@ -227,9 +259,13 @@ fn wrong_shape_names_the_tensor_and_both_shapes() {
         .unwrap();
     victim.2 = vec![32, 128]; // same byte count as [64, 64]
     let dir = model_dir("shape", &tensors);
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     match err {
-        Error::ShapeMismatch { name, expected, found } => {
+        Error::ShapeMismatch {
+            name,
+            expected,
+            found,
+        } => {
             assert_eq!(name, "model.transformer.blocks.2.k_proj.weight");
             assert_eq!(expected, vec![64, 64]);
             assert_eq!(found, vec![32, 128]);
@@ -243,16 +279,21 @@ fn missing_and_unused_tensors_are_errors() {
     let mut tensors = fixture_tensors();
     tensors.retain(|t| t.0 != "model.transformer.blocks.0.ff_norm.weight");
     let dir = model_dir("missing", &tensors);
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     assert!(
         matches!(err, Error::MissingTensor { ref name } if name == "model.transformer.blocks.0.ff_norm.weight"),
         "{err}"
     );
 
     let mut tensors = fixture_tensors();
-    tensors.push(("model.transformer.extra.bias".into(), Dtype::F32, vec![2], vec![0; 8]));
+    tensors.push((
+        "model.transformer.extra.bias".into(),
+        Dtype::F32,
+        vec![2],
+        vec![0; 8],
+    ));
     let dir = model_dir("unused", &tensors);
-    let err = Llada::from_dir(&dir, &Device::flex()).unwrap_err();
+    let err = Llada::from_dir(&dir, &Device::default()).unwrap_err();
     assert!(
         matches!(err, Error::UnusedTensors { ref names } if names == &["model.transformer.extra.bias"]),
         "{err}"
@@ -268,23 +309,35 @@ fn config_errors_are_specific() {
     let mut missing = config_json();
     missing.as_object_mut().unwrap().remove("d_model");
     let err = LladaConfig::from_json(&missing.to_string()).unwrap_err();
-    assert!(matches!(err, Error::Config { ref reason, .. } if reason.contains("missing field `d_model`")), "{err}");
+    assert!(
+        matches!(err, Error::Config { ref reason, .. } if reason.contains("missing field `d_model`")),
+        "{err}"
+    );
 
     let mut wrong_type = config_json();
     wrong_type["n_layers"] = "three".into();
     let err = LladaConfig::from_json(&wrong_type.to_string()).unwrap_err();
-    assert!(matches!(err, Error::Config { ref reason, .. } if reason.contains("invalid type")), "{err}");
+    assert!(
+        matches!(err, Error::Config { ref reason, .. } if reason.contains("invalid type")),
+        "{err}"
+    );
 
     let mut heads = config_json();
     heads["n_heads"] = 5.into();
     heads["n_kv_heads"] = 5.into();
     let err = LladaConfig::from_json(&heads.to_string()).unwrap_err();
-    assert!(matches!(err, Error::Config { ref reason, .. } if reason.contains("must divide `d_model`")), "{err}");
+    assert!(
+        matches!(err, Error::Config { ref reason, .. } if reason.contains("must divide `d_model`")),
+        "{err}"
+    );
 
     let mut layers = config_json();
     layers["n_layers"] = 0.into();
     let err = LladaConfig::from_json(&layers.to_string()).unwrap_err();
-    assert!(matches!(err, Error::Config { ref reason, .. } if reason.contains("`n_layers` must be positive")), "{err}");
+    assert!(
+        matches!(err, Error::Config { ref reason, .. } if reason.contains("`n_layers` must be positive")),
+        "{err}"
+    );
 
     let err = LladaConfig::from_json("{ not json").unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
@@ -293,7 +346,10 @@ fn config_errors_are_specific() {
     let dir = scratch("config");
     std::fs::write(dir.join("config.json"), missing.to_string()).unwrap();
     let err = LladaConfig::from_file(dir.join("config.json")).unwrap_err();
-    assert!(matches!(err, Error::Config { path: Some(ref p), .. } if p.ends_with("config.json")), "{err}");
+    assert!(
+        matches!(err, Error::Config { path: Some(ref p), .. } if p.ends_with("config.json")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -309,23 +365,44 @@ fn unsupported_settings_are_refused() {
         let mut config = config_json();
         config[field] = value;
         let err = LladaConfig::from_json(&config.to_string()).unwrap_err();
-        assert!(matches!(err, Error::Unsupported { field: ref f, .. } if f == field), "{field}: {err}");
+        assert!(
+            matches!(err, Error::Unsupported { field: ref f, .. } if f == field),
+            "{field}: {err}"
+        );
     }
 }
 
 #[test]
 fn tokens_are_checked_before_the_forward() {
-    let device = Device::flex();
+    let device = Device::default();
     let model = Llada::from_dir(fixture(), &device).unwrap();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 320, 4], [2, 2]), &device);
+    let tokens =
+        Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 320, 4], [2, 2]), &device);
     let err = model.forward_with_hidden_states(tokens).unwrap_err();
     assert!(
-        matches!(err, Error::TokenOutOfRange { id: 320, row: 1, position: 0, vocab: 320 }),
+        matches!(
+            err,
+            Error::TokenOutOfRange {
+                id: 320,
+                row: 1,
+                position: 0,
+                vocab: 320
+            }
+        ),
         "{err}"
     );
     let too_long = Tensor::<2, Int>::zeros([1, 4097], &device);
     let err = model.forward_with_hidden_states(too_long).unwrap_err();
-    assert!(matches!(err, Error::SequenceTooLong { len: 4097, max: 4096 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::SequenceTooLong {
+                len: 4097,
+                max: 4096
+            }
+        ),
+        "{err}"
+    );
     // The model still works after errors.
     let ok = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 3, 4], [2, 2]), &device);
     assert!(model.forward_with_hidden_states(ok).is_ok());

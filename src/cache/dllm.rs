@@ -121,7 +121,12 @@ impl CachePolicy for DllmCache {
         !self.due(layer, segment) && self.verifies(segment)
     }
 
-    fn plan(&mut self, layer: usize, segment: Segment, probe: Option<Probe<'_>>) -> Result<Refresh> {
+    fn plan(
+        &mut self,
+        layer: usize,
+        segment: Segment,
+        probe: Option<Probe<'_>>,
+    ) -> Result<Refresh> {
         if self.due(layer, segment) {
             return Ok(Refresh::All);
         }

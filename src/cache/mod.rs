@@ -88,6 +88,7 @@ impl Segment {
 
 /// What a layer does with one segment's rows.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per layer and segment
 pub enum Refresh {
     /// Recompute every row and store its features.
     All,

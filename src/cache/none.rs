@@ -16,7 +16,12 @@ impl CachePolicy for NoCache {
 
     fn begin_step(&mut self, _step: &StepInfo) {}
 
-    fn plan(&mut self, _layer: usize, _segment: Segment, _probe: Option<Probe<'_>>) -> Result<Refresh> {
+    fn plan(
+        &mut self,
+        _layer: usize,
+        _segment: Segment,
+        _probe: Option<Probe<'_>>,
+    ) -> Result<Refresh> {
         Ok(Refresh::All)
     }
 

@@ -18,8 +18,8 @@ use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::RmsNorm;
 use super::rope::Rope;
-use crate::cache::{FeatureCache, Probe, Refresh, Segment};
 use crate::cache::store::Features;
+use crate::cache::{FeatureCache, Probe, Refresh, Segment};
 use crate::denoiser::{LayerTrace, RowsTrace, StepContext};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
@@ -218,9 +218,7 @@ impl Block {
         };
         let probe_wanted = cached.is_some() && ctx.policy.wants_probe(layer, segment);
         if probe_wanted {
-            let h = self
-                .attn_norm
-                .forward(x.clone().narrow(1, offset, len));
+            let h = self.attn_norm.forward(x.clone().narrow(1, offset, len));
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
             let cached_v = &cached.expect("checked above").v;
             let probe = Probe {
@@ -279,7 +277,8 @@ impl Block {
         let x = x + attn.clone();
         let ffn = self.ffn(x.clone(), flops);
         if store {
-            for (segment, offset, len) in [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)] {
+            for (segment, offset, len) in [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)]
+            {
                 if len > 0 {
                     let cut = |t: &Tensor<3>| t.clone().narrow(1, offset, len);
                     cache.set(
@@ -326,7 +325,9 @@ impl Block {
             let cached = cache.get(layer, segment);
             match &w.refresh {
                 Refresh::All => {
-                    let h = w.h.clone().unwrap_or_else(|| self.attn_norm.forward(x_seg()));
+                    let h =
+                        w.h.clone()
+                            .unwrap_or_else(|| self.attn_norm.forward(x_seg()));
                     let q = self.proj(&self.q, h.clone(), flops);
                     keys.push(self.proj(&self.k, h.clone(), flops));
                     values.push(match &w.fresh_v {
@@ -439,8 +440,12 @@ impl Block {
                     return None;
                 }
                 let cached = || {
-                    pick(cache.get(layer, Segment::BOTH[s]).expect("validated in plan_segment"))
-                        .clone()
+                    pick(
+                        cache
+                            .get(layer, Segment::BOTH[s])
+                            .expect("validated in plan_segment"),
+                    )
+                    .clone()
                 };
                 Some(match &w.refresh {
                     Refresh::All => fresh.expect("all rows recomputed"),
@@ -509,7 +514,12 @@ pub(crate) fn read_rows(idx: &Tensor<2, Int>) -> Result<Vec<Vec<usize>>> {
         .try_into_vec_as::<i64>()
         .map_err(|e| Error::Backend(format!("{e:?}")))?;
     Ok((0..b)
-        .map(|r| flat[r * k..(r + 1) * k].iter().map(|&i| i as usize).collect())
+        .map(|r| {
+            flat[r * k..(r + 1) * k]
+                .iter()
+                .map(|&i| i as usize)
+                .collect()
+        })
         .collect())
 }
 
@@ -548,14 +558,13 @@ impl Backbone {
         }
         let [b, _, d] = x.dims();
         let rows = head_rows.end - head_rows.start;
-        let x = if hidden.is_some() {
-            let x = self.norm.forward(x);
-            if let Some(h) = hidden.as_deref_mut() {
+        let x = match hidden {
+            Some(h) => {
+                let x = self.norm.forward(x);
                 h.push(x.clone());
+                x.narrow(1, head_rows.start, rows)
             }
-            x.narrow(1, head_rows.start, rows)
-        } else {
-            self.norm.forward(x.narrow(1, head_rows.start, rows))
+            None => self.norm.forward(x.narrow(1, head_rows.start, rows)),
         };
         let [_, vocab] = self.head.weight.dims();
         ctx.flops.add_lm_head(b * rows, d, vocab);

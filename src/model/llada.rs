@@ -204,25 +204,46 @@ impl LladaConfig {
             reason: e.to_string(),
         })?;
         if raw.include_bias || raw.include_qkv_bias == Some(true) {
-            return Err(unsupported("include_bias", "LLaDA checkpoints with biases are not supported"));
+            return Err(unsupported(
+                "include_bias",
+                "LLaDA checkpoints with biases are not supported",
+            ));
         }
         if raw.weight_tying {
-            return Err(unsupported("weight_tying", "tied embedding and LM head are not supported"));
+            return Err(unsupported(
+                "weight_tying",
+                "tied embedding and LM head are not supported",
+            ));
         }
         if raw.alibi {
-            return Err(unsupported("alibi", "ALiBi attention biases are not supported"));
+            return Err(unsupported(
+                "alibi",
+                "ALiBi attention biases are not supported",
+            ));
         }
         if !raw.rope {
-            return Err(unsupported("rope", "models without rotary embeddings are not supported"));
+            return Err(unsupported(
+                "rope",
+                "models without rotary embeddings are not supported",
+            ));
         }
         if raw.attention_layer_norm {
-            return Err(unsupported("attention_layer_norm", "query/key norms are not supported"));
+            return Err(unsupported(
+                "attention_layer_norm",
+                "query/key norms are not supported",
+            ));
         }
         if raw.scale_logits {
-            return Err(unsupported("scale_logits", "logit scaling is not supported"));
+            return Err(unsupported(
+                "scale_logits",
+                "logit scaling is not supported",
+            ));
         }
         if raw.input_emb_norm {
-            return Err(unsupported("input_emb_norm", "embedding norms are not supported"));
+            return Err(unsupported(
+                "input_emb_norm",
+                "embedding norms are not supported",
+            ));
         }
         if raw.clip_qkv.is_some() {
             return Err(unsupported("clip_qkv", "q/k/v clipping is not supported"));
@@ -235,7 +256,10 @@ impl LladaConfig {
             if let Some(v) = value
                 && v != expected
             {
-                return Err(unsupported(field, &format!("`{v}` (only `{expected}` is supported)")));
+                return Err(unsupported(
+                    field,
+                    &format!("`{v}` (only `{expected}` is supported)"),
+                ));
             }
         }
         let n_kv_heads = match (raw.n_kv_heads, raw.multi_query_attention) {
@@ -289,7 +313,9 @@ impl LladaConfig {
             )));
         }
         if !(self.d_model / self.n_heads).is_multiple_of(2) {
-            return Err(bad("head width `d_model / n_heads` must be even for rotary embeddings".into()));
+            return Err(bad(
+                "head width `d_model / n_heads` must be even for rotary embeddings".into(),
+            ));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(format!(
@@ -312,10 +338,10 @@ impl LladaConfig {
                 )));
             }
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(bad("`rope_theta` must be positive".into()));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(bad("`rms_norm_eps` must be positive".into()));
         }
         Ok(())
@@ -525,6 +551,8 @@ impl Denoiser for Llada {
         self.config.max_sequence_length
     }
 
+    // The logits have one column per embedding row, which may exceed the tokenizer's vocabulary.
+    #[allow(clippy::misnamed_getters)]
     fn vocab_size(&self) -> usize {
         self.config.embedding_size
     }

@@ -29,6 +29,7 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// The role a checkpoint tensor plays in a transformer of this crate. Both architectures share
 /// the block layout; the tables below give each role's checkpoint name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // the bias roles are Dream's
 pub(crate) enum Role {
     Embedding,
     FinalNorm,
@@ -56,7 +57,10 @@ pub(crate) const LLADA_NAMES: NameTable = &[
     (Role::Embedding, "model.transformer.wte.weight"),
     (Role::FinalNorm, "model.transformer.ln_f.weight"),
     (Role::LmHead, "model.transformer.ff_out.weight"),
-    (Role::AttnNorm, "model.transformer.blocks.{i}.attn_norm.weight"),
+    (
+        Role::AttnNorm,
+        "model.transformer.blocks.{i}.attn_norm.weight",
+    ),
     (Role::Q, "model.transformer.blocks.{i}.q_proj.weight"),
     (Role::K, "model.transformer.blocks.{i}.k_proj.weight"),
     (Role::V, "model.transformer.blocks.{i}.v_proj.weight"),
@@ -68,6 +72,7 @@ pub(crate) const LLADA_NAMES: NameTable = &[
 ];
 
 /// Dream (Qwen2 layout). q/k/v carry biases, o_proj does not.
+#[allow(dead_code)]
 pub(crate) const DREAM_NAMES: NameTable = &[
     (Role::Embedding, "model.embed_tokens.weight"),
     (Role::FinalNorm, "model.norm.weight"),
@@ -80,7 +85,10 @@ pub(crate) const DREAM_NAMES: NameTable = &[
     (Role::KBias, "model.layers.{i}.self_attn.k_proj.bias"),
     (Role::VBias, "model.layers.{i}.self_attn.v_proj.bias"),
     (Role::O, "model.layers.{i}.self_attn.o_proj.weight"),
-    (Role::FfnNorm, "model.layers.{i}.post_attention_layernorm.weight"),
+    (
+        Role::FfnNorm,
+        "model.layers.{i}.post_attention_layernorm.weight",
+    ),
     (Role::Gate, "model.layers.{i}.mlp.gate_proj.weight"),
     (Role::Up, "model.layers.{i}.mlp.up_proj.weight"),
     (Role::Down, "model.layers.{i}.mlp.down_proj.weight"),
@@ -231,11 +239,6 @@ impl Checkpoint {
         })
     }
 
-    /// Whether the checkpoint contains a tensor for `role` in `layer`.
-    pub(crate) fn has(&self, role: Role, layer: usize) -> bool {
-        name_of(self.table, role, layer).is_some_and(|n| self.entries.contains_key(&n))
-    }
-
     /// Reads a tensor by checkpoint name, checking its shape, converted to the device's float
     /// dtype.
     pub(crate) fn tensor<const D: usize>(
@@ -317,7 +320,8 @@ impl Checkpoint {
         let name = self.role_name(role, layer);
         let (values, _) = self.read_f32(&name, &[d_out, d_in])?;
         let transposed = transpose(&values, d_out, d_in);
-        let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), &self.device);
+        let weight =
+            Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), &self.device);
         let bias = match bias {
             Some(b) => {
                 let name = self.role_name(b, layer);
@@ -391,8 +395,8 @@ fn read_header(path: &Path) -> Result<(Shard, Metadata)> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|e| Error::io(path, e))?;
-    let metadata: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("invalid header: {e}")))?;
+    let metadata: Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("invalid header: {e}")))?;
     let data_start = 8 + header_len;
     let data_len = metadata.data_len() as u64;
     let available = file_len - data_start;

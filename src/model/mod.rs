@@ -2,7 +2,7 @@
 //!
 //! Both LLaDA and Dream are pre-norm transformers with RMSNorm, rotary embeddings, bidirectional
 //! softmax attention and a SwiGLU feed-forward network; they differ in names, biases, head
-//! layout and the one-position logit shift of Dream. The shared [`Block`](block::Block) executes
+//! layout and the one-position logit shift of Dream. The shared [`Block`] executes
 //! a [`CachePolicy`](crate::cache::CachePolicy)'s plan for both.
 
 pub(crate) mod block;
@@ -74,14 +74,21 @@ pub(crate) struct BackboneShape {
 /// backend.
 pub(crate) fn random_backbone(shape: &BackboneShape, seed: u64, device: &Device) -> Backbone {
     let mut rng = SplitMix64::new(seed);
-    let mut normal = |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * std).collect() };
+    let mut normal =
+        |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * std).collect() };
     let mut linear = |d_in: usize, d_out: usize, bias: bool| Linear {
         weight: Param::from_tensor(Tensor::from_data(
-            TensorData::new(normal(d_in * d_out, (1.0 / d_in as f32).sqrt()), [d_in, d_out]),
+            TensorData::new(
+                normal(d_in * d_out, (1.0 / d_in as f32).sqrt()),
+                [d_in, d_out],
+            ),
             device,
         )),
         bias: bias.then(|| {
-            Param::from_tensor(Tensor::from_data(TensorData::new(normal(d_out, 0.1), [d_out]), device))
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(normal(d_out, 0.1), [d_out]),
+                device,
+            ))
         }),
     };
     let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), shape.eps);
@@ -110,7 +117,10 @@ pub(crate) fn random_backbone(shape: &BackboneShape, seed: u64, device: &Device)
     let embed: Vec<f32> = (0..shape.vocab * d).map(|_| rng.normal() as f32).collect();
     Backbone {
         embed: Embedding {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(embed, [shape.vocab, d]), device)),
+            weight: Param::from_tensor(Tensor::from_data(
+                TensorData::new(embed, [shape.vocab, d]),
+                device,
+            )),
         },
         blocks,
         norm: norm(d),
@@ -127,7 +137,10 @@ pub(crate) fn validate_tokens(
 ) -> Result<usize> {
     let [batch, seq] = tokens.dims();
     if batch == 0 || seq == 0 {
-        return Err(Error::invalid("tokens", format!("empty token batch [{batch}, {seq}]")));
+        return Err(Error::invalid(
+            "tokens",
+            format!("empty token batch [{batch}, {seq}]"),
+        ));
     }
     let info = ctx.info;
     if info.prompt_len + info.response_len != seq {
@@ -140,7 +153,10 @@ pub(crate) fn validate_tokens(
         ));
     }
     if seq > max_len {
-        return Err(Error::SequenceTooLong { len: seq, max: max_len });
+        return Err(Error::SequenceTooLong {
+            len: seq,
+            max: max_len,
+        });
     }
     if let Some(rows) = &ctx.logit_rows
         && (rows.start >= rows.end || rows.end > seq)
@@ -150,11 +166,11 @@ pub(crate) fn validate_tokens(
             format!("{rows:?} is not a non-empty range of a {seq}-token sequence"),
         ));
     }
-    let out_of_range = tokens.clone().lower_elem(0).bool_or(tokens.clone().greater_equal_elem(vocab as i64));
-    let any = out_of_range
+    let out_of_range = tokens
         .clone()
-        .any()
-        .into_scalar::<bool>();
+        .lower_elem(0)
+        .bool_or(tokens.clone().greater_equal_elem(vocab as i64));
+    let any = out_of_range.clone().any().into_scalar::<bool>();
     if any {
         let ids = tokens
             .clone()

@@ -102,7 +102,11 @@ impl Rope {
     /// - `x`: `[batch, heads, n, head_dim]` with `n` equal to this table's length.
     pub(crate) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let dtype = x.dtype();
-        let x = if self.rotate_in_f32 { x.cast(DType::F32) } else { x };
+        let x = if self.rotate_in_f32 {
+            x.cast(DType::F32)
+        } else {
+            x
+        };
         let [_, _, _, hd] = x.dims();
         let half = hd / 2;
         let x1 = x.clone().narrow(3, 0, half);
@@ -115,6 +119,10 @@ impl Rope {
             (self.cos.clone().cast(dtype), self.sin.clone().cast(dtype))
         };
         let out = x * cos + rotated * sin;
-        if self.rotate_in_f32 { out.cast(dtype) } else { out }
+        if self.rotate_in_f32 {
+            out.cast(dtype)
+        } else {
+            out
+        }
     }
 }

@@ -27,8 +27,8 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent,
-    backend_err, tokens_tensor, transfer_schedule, validate_prompts,
+    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
+    tokens_tensor, transfer_schedule, validate_prompts,
 };
 use crate::cache::{CachePolicy, FeatureCache};
 use crate::denoiser::{Denoiser, StepContext, StepInfo};
@@ -114,9 +114,15 @@ impl LladaSamplerConfig {
                 format!("{} is not a multiple of the {blocks} blocks", self.steps),
             ));
         }
-        for (name, v) in [("temperature", self.temperature), ("cfg_scale", self.cfg_scale)] {
+        for (name, v) in [
+            ("temperature", self.temperature),
+            ("cfg_scale", self.cfg_scale),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::invalid(name, format!("must be finite and >= 0, got {v}")));
+                return Err(Error::invalid(
+                    name,
+                    format!("must be finite and >= 0, got {v}"),
+                ));
             }
         }
         if self.confidence_eos_eot_inf && self.eot_token_id.is_none() {
@@ -140,6 +146,7 @@ pub struct LladaSampler {
 }
 
 /// Per-generation state of classifier-free guidance.
+#[allow(clippy::large_enum_variant)] // one per generation
 enum Guidance {
     Off,
     /// Reference way: `[x; x_uncond]` in one batched forward, every step.
@@ -240,6 +247,7 @@ impl LladaSampler {
                     transfer_schedule(masks, steps_per_block)
                 })
                 .collect();
+            #[allow(clippy::needless_range_loop)] // `i` indexes every row's schedule
             for i in 0..steps_per_block {
                 let mut forwards = Vec::new();
                 let logits = self.step_logits(
@@ -359,7 +367,11 @@ impl LladaSampler {
             }
             let out = model.forward(tokens_tensor(rows, &model.device()), &mut ctx)?;
             if self.trace_layers {
-                forwards.push(ForwardTrace { pass, index, layers });
+                forwards.push(ForwardTrace {
+                    pass,
+                    index,
+                    layers,
+                });
             }
             Ok(out)
         };

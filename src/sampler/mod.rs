@@ -1,4 +1,4 @@
-//! Samplers: iterative unmasking loops that drive a [`Denoiser`](crate::Denoiser) under a
+//! Samplers: iterative unmasking loops that drive a [`Denoiser`] under a
 //! [`CachePolicy`](crate::CachePolicy).
 //!
 //! Every sampler starts the response as `[MASK]` tokens and, step by step, commits the tokens

@@ -1,0 +1,285 @@
+//! The contract every cache policy must keep, run against every policy and every model
+//! (modelled on the diffusers cache-hook test suite). A new policy joins with one line in
+//! [`policies`].
+
+use std::sync::Arc;
+
+use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
+use dllm_cache::cache::{CachePolicy, FeatureCache, Probe, Refresh, Segment};
+use dllm_cache::{
+    Denoiser, DllmCacheConfig, Error, FlopCounter, Llada, LladaSamplerConfig, NoCache, StepContext,
+    StepInfo,
+};
+
+type Factory = fn() -> Box<dyn CachePolicy>;
+
+/// Every policy under contract, with the settings that exercise all of its branches.
+fn policies() -> Vec<(&'static str, Factory)> {
+    vec![
+        ("none", || Box::new(NoCache)),
+        ("dllm-default", || {
+            Box::new(DllmCacheConfig::new().init().unwrap())
+        }),
+        ("dllm-4-2-0.25", || {
+            Box::new(
+                DllmCacheConfig::new()
+                    .with_prompt_interval(4)
+                    .with_response_interval(2)
+                    .init()
+                    .unwrap(),
+            )
+        }),
+        ("dllm-8-3-0.5-no-l0", || {
+            Box::new(
+                DllmCacheConfig::new()
+                    .with_prompt_interval(8)
+                    .with_response_interval(3)
+                    .with_refresh_ratio(0.5)
+                    .with_refresh_first_layer(false)
+                    .init()
+                    .unwrap(),
+            )
+        }),
+    ]
+}
+
+/// Every model under contract.
+fn models(device: &Device) -> Vec<(&'static str, Arc<dyn Denoiser>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    vec![(
+        "llada",
+        Arc::new(Llada::from_dir(dir.join("llada"), device).expect("llada fixture"))
+            as Arc<dyn Denoiser>,
+    )]
+}
+
+fn prompts(batch: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..len)
+                .map(|i| ((i * 7 + b * 13 + 5) % 250) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn generate(model: &dyn Denoiser, policy: &mut dyn CachePolicy, cfg: f64) -> Vec<Vec<u32>> {
+    LladaSamplerConfig::new()
+        .with_steps(16)
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_cfg_scale(cfg)
+        .init()
+        .unwrap()
+        .generate(model, &prompts(2, 10), policy)
+        .expect("generation runs")
+        .sequences
+}
+
+fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -> Vec<Vec<f32>> {
+    let device = model.device();
+    let mut cache = FeatureCache::new();
+    let mut flops = FlopCounter::new();
+    policy.reset();
+    let mut out = Vec::new();
+    for index in 0..steps {
+        // A sequence that changes a little every step, as during denoising.
+        let mut row: Vec<i64> = prompts(1, 12)[0].iter().map(|&t| t as i64).collect();
+        row.extend((0..20).map(|j| {
+            if j < index {
+                (j * 11 % 250) as i64
+            } else {
+                317
+            }
+        }));
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(row, [1, 32]), &device);
+        let info = StepInfo {
+            index,
+            prompt_len: 12,
+            response_len: 20,
+        };
+        let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops);
+        let logits = model.forward(tokens, &mut ctx).expect("forward");
+        out.push(logits.try_into_vec_as::<f32>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn always_refresh_equals_no_cache_bit_for_bit() {
+    let device = Device::default();
+    for (name, model) in models(&device) {
+        let mut always = DllmCacheConfig::new()
+            .with_prompt_interval(1)
+            .with_response_interval(1)
+            .with_refresh_ratio(0.0)
+            .init()
+            .unwrap();
+        let a = logits_of(model.as_ref(), &mut always, 6);
+        let b = logits_of(model.as_ref(), &mut NoCache, 6);
+        assert_eq!(
+            a, b,
+            "{name}: intervals 1 and ratio 0 must equal NoCache exactly"
+        );
+        // Same for whole generations, with and without guidance.
+        for cfg in [0.0, 1.0] {
+            assert_eq!(
+                generate(model.as_ref(), &mut always, cfg),
+                generate(model.as_ref(), &mut NoCache, cfg),
+                "{name} cfg {cfg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn caching_policies_actually_reuse() {
+    // The contract above would also hold for a policy that ignored its settings; check that
+    // the caching settings do change the computation (fewer FLOPs, slightly different logits).
+    let device = Device::default();
+    for (name, model) in models(&device) {
+        let mut cached = DllmCacheConfig::new()
+            .with_prompt_interval(4)
+            .with_response_interval(2)
+            .init()
+            .unwrap();
+        let a = logits_of(model.as_ref(), &mut cached, 6);
+        let b = logits_of(model.as_ref(), &mut NoCache, 6);
+        assert_eq!(
+            a[0], b[0],
+            "{name}: the first step is always a full refresh"
+        );
+        assert_ne!(a[1], b[1], "{name}: step 1 reuses features");
+    }
+}
+
+#[test]
+fn reset_isolates_generations() {
+    let device = Device::default();
+    for (model_name, model) in models(&device) {
+        for (name, make) in policies() {
+            for cfg in [0.0, 1.0] {
+                let mut reused = make();
+                let first = generate(model.as_ref(), reused.as_mut(), cfg);
+                let second = generate(model.as_ref(), reused.as_mut(), cfg);
+                let fresh = generate(model.as_ref(), make().as_mut(), cfg);
+                assert_eq!(first, fresh, "{model_name}/{name} cfg {cfg}");
+                assert_eq!(second, fresh, "{model_name}/{name} cfg {cfg}: state leaked");
+            }
+        }
+    }
+}
+
+#[test]
+fn concurrent_generations_on_one_model_match_sequential_ones() {
+    let device = Device::default();
+    for (model_name, model) in models(&device) {
+        let sequential: Vec<_> = policies()
+            .iter()
+            .map(|(_, make)| generate(model.as_ref(), make().as_mut(), 0.0))
+            .collect();
+        let handles: Vec<_> = policies()
+            .into_iter()
+            .map(|(name, make)| {
+                let model = Arc::clone(&model);
+                std::thread::spawn(move || (name, generate(model.as_ref(), make().as_mut(), 0.0)))
+            })
+            .collect();
+        for (handle, want) in handles.into_iter().zip(sequential) {
+            let (name, got) = handle.join().expect("thread");
+            assert_eq!(got, want, "{model_name}/{name}");
+        }
+    }
+}
+
+#[test]
+fn invalid_configs_fail() {
+    let base = DllmCacheConfig::new();
+    let cases = [
+        (base.clone().with_prompt_interval(0), "prompt_interval"),
+        (base.clone().with_response_interval(0), "response_interval"),
+        (base.clone().with_cfg_interval(0), "cfg_interval"),
+        (base.clone().with_refresh_ratio(-0.1), "refresh_ratio"),
+        (base.clone().with_refresh_ratio(1.5), "refresh_ratio"),
+        (base.clone().with_refresh_ratio(f64::NAN), "refresh_ratio"),
+    ];
+    for (config, field) in cases {
+        match config.init() {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, field),
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    assert!(base.with_refresh_ratio(1.0).init().is_ok());
+}
+
+/// A policy that breaks the rules, to check the block reports it instead of panicking.
+#[derive(Clone)]
+struct Rogue(Refresh);
+
+impl CachePolicy for Rogue {
+    fn name(&self) -> String {
+        "rogue".into()
+    }
+    fn begin_step(&mut self, _: &StepInfo) {}
+    fn plan(&mut self, _: usize, _: Segment, _: Option<Probe<'_>>) -> dllm_cache::Result<Refresh> {
+        Ok(self.0.clone())
+    }
+    fn reset(&mut self) {}
+    fn fork(&self) -> Box<dyn CachePolicy> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn rule_breaking_policies_get_errors_not_panics() {
+    let device = Device::default();
+    for (name, model) in models(&device) {
+        let err = generate_err(model.as_ref(), &mut Rogue(Refresh::Reuse));
+        assert!(
+            matches!(err, Error::Policy { layer: 0, ref reason } if reason.contains("never cached")),
+            "{name}: {err}"
+        );
+
+        // Rows out of the segment's range are caught before any gather.
+        let too_many = Tensor::<2, Int>::zeros([2, 64], &device);
+        let mut fill_then_rows = Sequence(vec![Refresh::All, Refresh::Rows(too_many)], 0);
+        let err = generate_err(model.as_ref(), &mut fill_then_rows);
+        assert!(
+            matches!(err, Error::Policy { ref reason, .. } if reason.contains("row selection")),
+            "{name}: {err}"
+        );
+    }
+}
+
+/// Plays a list of plans, one per forward.
+#[derive(Clone)]
+struct Sequence(Vec<Refresh>, usize);
+
+impl CachePolicy for Sequence {
+    fn name(&self) -> String {
+        "sequence".into()
+    }
+    fn begin_step(&mut self, step: &StepInfo) {
+        self.1 = step.index.min(self.0.len() - 1);
+    }
+    fn plan(&mut self, _: usize, _: Segment, _: Option<Probe<'_>>) -> dllm_cache::Result<Refresh> {
+        Ok(self.0[self.1].clone())
+    }
+    fn reset(&mut self) {
+        self.1 = 0;
+    }
+    fn fork(&self) -> Box<dyn CachePolicy> {
+        Box::new(self.clone())
+    }
+}
+
+fn generate_err(model: &dyn Denoiser, policy: &mut dyn CachePolicy) -> Error {
+    LladaSamplerConfig::new()
+        .with_steps(4)
+        .with_gen_length(8)
+        .with_block_length(8)
+        .init()
+        .unwrap()
+        .generate(model, &prompts(2, 10), policy)
+        .expect_err("the policy breaks the rules")
+}
