@@ -68,6 +68,7 @@ pub struct StepContext<'a> {
     pub(crate) flops: &'a mut FlopCounter,
     pub(crate) logit_rows: Option<std::ops::Range<usize>>,
     pub(crate) trace: Option<&'a mut Vec<LayerTrace>>,
+    pub(crate) left_pad: Option<&'a [usize]>,
 }
 
 impl<'a> StepContext<'a> {
@@ -85,6 +86,7 @@ impl<'a> StepContext<'a> {
             flops,
             logit_rows: None,
             trace: None,
+            left_pad: None,
         }
     }
 
@@ -98,6 +100,14 @@ impl<'a> StepContext<'a> {
     /// Records what every layer did into `trace` (one entry per layer, appended).
     pub fn with_trace(mut self, trace: &'a mut Vec<LayerTrace>) -> Self {
         self.trace = Some(trace);
+        self
+    }
+
+    /// Marks the first `left_pad[b]` positions of batch row `b` as padding: no query attends to
+    /// them, and rotary positions count from each row's first real token. Padding must lie
+    /// inside the prompt.
+    pub fn with_left_padding(mut self, left_pad: &'a [usize]) -> Self {
+        self.left_pad = Some(left_pad);
         self
     }
 

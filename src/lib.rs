@@ -59,6 +59,7 @@ pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache};
 pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext, StepInfo};
 pub use error::{Error, Result};
 pub use flops::FlopCounter;
+pub use model::dream::{Dream, DreamConfig};
 pub use model::llada::{Llada, LladaConfig};
 pub use rng::SplitMix64;
 pub use sampler::{

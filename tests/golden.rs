@@ -20,8 +20,8 @@ use std::ops::ControlFlow;
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
 use dllm_cache::sampler::{ForwardTrace, Pass};
 use dllm_cache::{
-    CachePolicy, Commit, Denoiser, DllmCacheConfig, Llada, LladaConfig, LladaSamplerConfig,
-    NoCache, RowsTrace,
+    CachePolicy, Commit, Denoiser, DllmCacheConfig, Dream, DreamConfig, Llada, LladaConfig,
+    LladaSamplerConfig, NoCache, RowsTrace,
 };
 use serde_json::Value;
 
@@ -118,6 +118,7 @@ fn enumerate(dir: &Path) -> std::io::Result<Vec<(String, String, PathBuf)>> {
 #[derive(Default)]
 struct Models {
     llada: BTreeMap<PathBuf, Llada>,
+    dream: BTreeMap<PathBuf, Dream>,
 }
 
 impl Models {
@@ -132,6 +133,18 @@ impl Models {
         }
         Ok(&self.llada[&key])
     }
+
+    fn dream(&mut self, dir: &Path, weights: &str, device: &Device) -> Result<&Dream, String> {
+        let key = dir.join(weights);
+        if !self.dream.contains_key(&key) {
+            let config =
+                DreamConfig::from_file(dir.join("config.json")).map_err(|e| e.to_string())?;
+            let model = Dream::from_safetensors(config, std::slice::from_ref(&key), device)
+                .map_err(|e| e.to_string())?;
+            self.dream.insert(key.clone(), model);
+        }
+        Ok(&self.dream[&key])
+    }
 }
 
 fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> CaseResult {
@@ -144,6 +157,14 @@ fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> Ca
     match (arch, kind) {
         ("llada", "forward") => {
             let model = models.llada(&model_dir, weights, device)?;
+            forward_case(&case, case_dir, device, |tokens| {
+                model
+                    .forward_with_hidden_states(tokens)
+                    .map_err(|e| e.to_string())
+            })
+        }
+        ("dream", "forward") => {
+            let model = models.dream(&model_dir, weights, device)?;
             forward_case(&case, case_dir, device, |tokens| {
                 model
                     .forward_with_hidden_states(tokens)

@@ -12,9 +12,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use super::block::{Backbone, Block, LayerEnv};
-use super::loader::{Checkpoint, LLADA_NAMES, Role};
-use super::rope::Rope;
+use super::block::Backbone;
+use super::loader::{Checkpoint, LLADA_NAMES};
+use super::{Arch, ArchNames};
 use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
 use crate::error::{Error, Result};
 
@@ -292,72 +292,52 @@ impl LladaConfig {
     /// # Errors
     /// [`Error::Config`] naming the first inconsistent field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Error::Config { path: None, reason };
-        for (name, v) in [
-            ("d_model", self.d_model),
-            ("n_heads", self.n_heads),
-            ("n_kv_heads", self.n_kv_heads),
-            ("n_layers", self.n_layers),
-            ("mlp_hidden_size", self.mlp_hidden_size),
-            ("vocab_size", self.vocab_size),
-            ("max_sequence_length", self.max_sequence_length),
-        ] {
-            if v == 0 {
-                return Err(bad(format!("`{name}` must be positive")));
-            }
+        if self.vocab_size == 0 || self.embedding_size < self.vocab_size {
+            return Err(Error::Config {
+                path: None,
+                reason: "`embedding_size` must be at least `vocab_size` (> 0)".into(),
+            });
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(bad(format!(
-                "`n_heads` ({}) must divide `d_model` ({})",
-                self.n_heads, self.d_model
-            )));
-        }
-        if !(self.d_model / self.n_heads).is_multiple_of(2) {
-            return Err(bad(
-                "head width `d_model / n_heads` must be even for rotary embeddings".into(),
-            ));
-        }
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(bad(format!(
-                "`n_kv_heads` ({}) must divide `n_heads` ({})",
-                self.n_kv_heads, self.n_heads
-            )));
-        }
-        if self.embedding_size < self.vocab_size {
-            return Err(bad("`embedding_size` must be at least `vocab_size`".into()));
-        }
-        for (name, id) in [
+        self.arch().validate(&[
             ("mask_token_id", self.mask_token_id),
             ("eos_token_id", self.eos_token_id),
             ("pad_token_id", self.pad_token_id),
-        ] {
-            if id as usize >= self.embedding_size {
-                return Err(bad(format!(
-                    "`{name}` ({id}) is outside the {} embedding rows",
-                    self.embedding_size
-                )));
-            }
-        }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return Err(bad("`rope_theta` must be positive".into()));
-        }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return Err(bad("`rms_norm_eps` must be positive".into()));
-        }
-        Ok(())
+        ])
     }
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads
+        self.d_model / self.n_heads.max(1)
+    }
+
+    pub(crate) fn arch(&self) -> Arch {
+        Arch {
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            n_layers: self.n_layers,
+            d_ff: self.mlp_hidden_size,
+            vocab_rows: self.embedding_size,
+            eps: self.rms_norm_eps,
+            qkv_bias: false,
+            rope_theta: self.rope_theta,
+            rotate_in_f32: true,
+            max_len: self.max_sequence_length,
+            names: &ArchNames {
+                d_model: "d_model",
+                n_heads: "n_heads",
+                n_kv_heads: "n_kv_heads",
+                n_layers: "n_layers",
+                d_ff: "mlp_hidden_size",
+                vocab_rows: "embedding_size",
+                max_len: "max_sequence_length",
+            },
+        }
     }
 
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
-        let d = self.d_model;
-        let kv = self.n_kv_heads * self.head_dim();
-        let per_layer = 2 * d + 2 * d * d + 2 * d * kv + 3 * d * self.mlp_hidden_size;
-        self.n_layers * per_layer + d + 2 * self.embedding_size * d
+        self.arch().num_params()
     }
 }
 
@@ -401,41 +381,9 @@ impl Llada {
         Self::from_checkpoint(config, ckpt)
     }
 
-    fn from_checkpoint(config: LladaConfig, mut ckpt: Checkpoint) -> Result<Self> {
-        let c = &config;
-        let d = c.d_model;
-        let kv = c.n_kv_heads * c.head_dim();
-        let eps = c.rms_norm_eps;
-        let embed = ckpt.embedding(Role::Embedding, c.embedding_size, d)?;
-        let mut blocks = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
-            blocks.push(Block {
-                attn_norm: ckpt.norm(Role::AttnNorm, i, d, eps)?,
-                q: ckpt.linear(Role::Q, None, i, d, d)?,
-                k: ckpt.linear(Role::K, None, i, d, kv)?,
-                v: ckpt.linear(Role::V, None, i, d, kv)?,
-                o: ckpt.linear(Role::O, None, i, d, d)?,
-                ffn_norm: ckpt.norm(Role::FfnNorm, i, d, eps)?,
-                gate: ckpt.linear(Role::Gate, None, i, d, c.mlp_hidden_size)?,
-                up: ckpt.linear(Role::Up, None, i, d, c.mlp_hidden_size)?,
-                down: ckpt.linear(Role::Down, None, i, c.mlp_hidden_size, d)?,
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim(),
-            });
-        }
-        let norm = ckpt.norm(Role::FinalNorm, 0, d, eps)?;
-        let head = ckpt.linear(Role::LmHead, None, 0, d, c.embedding_size)?;
-        ckpt.finish()?;
-        Ok(Self {
-            backbone: Backbone {
-                embed,
-                blocks,
-                norm,
-                head,
-            },
-            config,
-        })
+    fn from_checkpoint(config: LladaConfig, ckpt: Checkpoint) -> Result<Self> {
+        let backbone = super::load_backbone(ckpt, &config.arch())?;
+        Ok(Self { backbone, config })
     }
 
     /// A model with random weights (seeded), for tests and benchmarks.
@@ -444,37 +392,13 @@ impl Llada {
     /// [`Error::Config`] if the config is invalid.
     pub fn random(config: LladaConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
-        let backbone = super::random_backbone(
-            &super::BackboneShape {
-                d_model: config.d_model,
-                n_heads: config.n_heads,
-                n_kv_heads: config.n_kv_heads,
-                n_layers: config.n_layers,
-                d_ff: config.mlp_hidden_size,
-                vocab: config.embedding_size,
-                eps: config.rms_norm_eps,
-                qkv_bias: false,
-            },
-            seed,
-            device,
-        );
+        let backbone = super::random_backbone(&config.arch(), seed, device);
         Ok(Self { backbone, config })
     }
 
     /// The config.
     pub fn config(&self) -> &LladaConfig {
         &self.config
-    }
-
-    fn env_rope(&self, seq: usize, device: &Device) -> Rope {
-        let positions: Vec<i64> = (0..seq as i64).collect();
-        Rope::new(
-            self.config.head_dim(),
-            self.config.rope_theta,
-            &[positions],
-            true,
-            device,
-        )
     }
 
     /// Plain forward pass (no cache) returning the logits of every position and the hidden
@@ -512,20 +436,10 @@ impl Llada {
         ctx: &mut StepContext<'_>,
         hidden: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>> {
-        let seq = super::validate_tokens(
-            &tokens,
-            ctx,
-            self.config.max_sequence_length,
-            self.config.embedding_size,
-        )?;
-        let rope = self.env_rope(seq, &tokens.device());
-        let env = LayerEnv {
-            rope: &rope,
-            prompt_len: ctx.info.prompt_len,
-            key_mask: None,
-        };
+        let [_, seq] = tokens.dims();
         let rows = ctx.logit_rows.clone().unwrap_or(0..seq);
-        self.backbone.run(tokens, &env, ctx, rows, hidden)
+        self.backbone
+            .forward(&self.config.arch(), tokens, ctx, rows, hidden)
     }
 }
 

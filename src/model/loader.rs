@@ -29,7 +29,6 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// The role a checkpoint tensor plays in a transformer of this crate. Both architectures share
 /// the block layout; the tables below give each role's checkpoint name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // the bias roles are Dream's
 pub(crate) enum Role {
     Embedding,
     FinalNorm,
@@ -72,7 +71,6 @@ pub(crate) const LLADA_NAMES: NameTable = &[
 ];
 
 /// Dream (Qwen2 layout). q/k/v carry biases, o_proj does not.
-#[allow(dead_code)]
 pub(crate) const DREAM_NAMES: NameTable = &[
     (Role::Embedding, "model.embed_tokens.weight"),
     (Role::FinalNorm, "model.norm.weight"),

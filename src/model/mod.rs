@@ -6,6 +6,7 @@
 //! a [`CachePolicy`](crate::cache::CachePolicy)'s plan for both.
 
 pub(crate) mod block;
+pub mod dream;
 pub mod llada;
 pub(crate) mod loader;
 pub(crate) mod rope;
@@ -50,29 +51,154 @@ impl RmsNorm {
 }
 
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Device, Int, TensorData};
+use burn::tensor::{Bool, Device, Int, TensorData};
 
 use crate::denoiser::StepContext;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use block::Backbone;
+use block::{Backbone, LayerEnv};
+use loader::{Checkpoint, Role};
+use rope::Rope;
 
-/// Sizes of a [`Backbone`] to build with random weights.
-pub(crate) struct BackboneShape {
+/// Everything the shared forward needs to know about an architecture.
+#[derive(Debug, Clone)]
+pub(crate) struct Arch {
     pub d_model: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub n_layers: usize,
     pub d_ff: usize,
-    pub vocab: usize,
+    /// Rows of the embedding and the LM head.
+    pub vocab_rows: usize,
     pub eps: f64,
+    /// Biases on q/k/v (Dream) or none (LLaDA).
     pub qkv_bias: bool,
+    pub rope_theta: f64,
+    /// LLaDA rotates in float32; Dream in the activation dtype.
+    pub rotate_in_f32: bool,
+    pub max_len: usize,
+    /// The config's names of the fields above, for error messages.
+    pub names: &'static ArchNames,
+}
+
+/// Config field names of an architecture.
+#[derive(Debug)]
+pub(crate) struct ArchNames {
+    pub d_model: &'static str,
+    pub n_heads: &'static str,
+    pub n_kv_heads: &'static str,
+    pub n_layers: &'static str,
+    pub d_ff: &'static str,
+    pub vocab_rows: &'static str,
+    pub max_len: &'static str,
+}
+
+impl Arch {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let kv = self.n_kv_heads * self.head_dim();
+        let bias = if self.qkv_bias { d + 2 * kv } else { 0 };
+        let per_layer = 2 * d + 2 * d * d + 2 * d * kv + bias + 3 * d * self.d_ff;
+        self.n_layers * per_layer + d + 2 * self.vocab_rows * d
+    }
+
+    /// Checks that the sizes describe a model this crate can build; `ids` are special token
+    /// ids that must index the embedding.
+    pub fn validate(&self, ids: &[(&str, u32)]) -> Result<()> {
+        let n = self.names;
+        let bad = |reason: String| Error::Config { path: None, reason };
+        for (name, v) in [
+            (n.d_model, self.d_model),
+            (n.n_heads, self.n_heads),
+            (n.n_kv_heads, self.n_kv_heads),
+            (n.n_layers, self.n_layers),
+            (n.d_ff, self.d_ff),
+            (n.vocab_rows, self.vocab_rows),
+            (n.max_len, self.max_len),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("`{name}` must be positive")));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(bad(format!(
+                "`{}` ({}) must divide `{}` ({})",
+                n.n_heads, self.n_heads, n.d_model, self.d_model
+            )));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(bad(format!(
+                "head width `{} / {}` must be even for rotary embeddings",
+                n.d_model, n.n_heads
+            )));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(bad(format!(
+                "`{}` ({}) must divide `{}` ({})",
+                n.n_kv_heads, self.n_kv_heads, n.n_heads, self.n_heads
+            )));
+        }
+        for &(name, id) in ids {
+            if id as usize >= self.vocab_rows {
+                return Err(bad(format!(
+                    "`{name}` ({id}) is outside the {} embedding rows",
+                    self.vocab_rows
+                )));
+            }
+        }
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return Err(bad("`rope_theta` must be positive".into()));
+        }
+        if self.eps.is_nan() || self.eps <= 0.0 {
+            return Err(bad("`rms_norm_eps` must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole [`Backbone`] from a checkpoint through its name table, then checks that no
+/// tensor was left unused.
+pub(crate) fn load_backbone(mut ckpt: Checkpoint, a: &Arch) -> Result<Backbone> {
+    let d = a.d_model;
+    let kv = a.n_kv_heads * a.head_dim();
+    let bias = |role: Role| a.qkv_bias.then_some(role);
+    let embed = ckpt.embedding(Role::Embedding, a.vocab_rows, d)?;
+    let mut blocks = Vec::with_capacity(a.n_layers);
+    for i in 0..a.n_layers {
+        blocks.push(Block {
+            attn_norm: ckpt.norm(Role::AttnNorm, i, d, a.eps)?,
+            q: ckpt.linear(Role::Q, bias(Role::QBias), i, d, d)?,
+            k: ckpt.linear(Role::K, bias(Role::KBias), i, d, kv)?,
+            v: ckpt.linear(Role::V, bias(Role::VBias), i, d, kv)?,
+            o: ckpt.linear(Role::O, None, i, d, d)?,
+            ffn_norm: ckpt.norm(Role::FfnNorm, i, d, a.eps)?,
+            gate: ckpt.linear(Role::Gate, None, i, d, a.d_ff)?,
+            up: ckpt.linear(Role::Up, None, i, d, a.d_ff)?,
+            down: ckpt.linear(Role::Down, None, i, a.d_ff, d)?,
+            n_heads: a.n_heads,
+            n_kv_heads: a.n_kv_heads,
+            head_dim: a.head_dim(),
+        });
+    }
+    let norm = ckpt.norm(Role::FinalNorm, 0, d, a.eps)?;
+    let head = ckpt.linear(Role::LmHead, None, 0, d, a.vocab_rows)?;
+    ckpt.finish()?;
+    Ok(Backbone {
+        embed,
+        blocks,
+        norm,
+        head,
+    })
 }
 
 /// Seeded random weights: linear weights `N(0, 1/d_in)`, embeddings `N(0, 1)`, norm weights 1,
 /// biases `N(0, 0.01)`. Generated on the host so that a seed gives the same model on every
 /// backend.
-pub(crate) fn random_backbone(shape: &BackboneShape, seed: u64, device: &Device) -> Backbone {
+pub(crate) fn random_backbone(a: &Arch, seed: u64, device: &Device) -> Backbone {
     let mut rng = SplitMix64::new(seed);
     let mut normal =
         |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * std).collect() };
@@ -91,34 +217,34 @@ pub(crate) fn random_backbone(shape: &BackboneShape, seed: u64, device: &Device)
             ))
         }),
     };
-    let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), shape.eps);
-    let d = shape.d_model;
-    let hd = d / shape.n_heads;
-    let kv = shape.n_kv_heads * hd;
-    let mut blocks = Vec::with_capacity(shape.n_layers);
-    for _ in 0..shape.n_layers {
+    let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), a.eps);
+    let d = a.d_model;
+    let hd = a.head_dim();
+    let kv = a.n_kv_heads * hd;
+    let mut blocks = Vec::with_capacity(a.n_layers);
+    for _ in 0..a.n_layers {
         blocks.push(Block {
             attn_norm: norm(d),
-            q: linear(d, d, shape.qkv_bias),
-            k: linear(d, kv, shape.qkv_bias),
-            v: linear(d, kv, shape.qkv_bias),
+            q: linear(d, d, a.qkv_bias),
+            k: linear(d, kv, a.qkv_bias),
+            v: linear(d, kv, a.qkv_bias),
             o: linear(d, d, false),
             ffn_norm: norm(d),
-            gate: linear(d, shape.d_ff, false),
-            up: linear(d, shape.d_ff, false),
-            down: linear(shape.d_ff, d, false),
-            n_heads: shape.n_heads,
-            n_kv_heads: shape.n_kv_heads,
+            gate: linear(d, a.d_ff, false),
+            up: linear(d, a.d_ff, false),
+            down: linear(a.d_ff, d, false),
+            n_heads: a.n_heads,
+            n_kv_heads: a.n_kv_heads,
             head_dim: hd,
         });
     }
-    let head = linear(d, shape.vocab, false);
+    let head = linear(d, a.vocab_rows, false);
     let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let embed: Vec<f32> = (0..shape.vocab * d).map(|_| rng.normal() as f32).collect();
+    let embed: Vec<f32> = (0..a.vocab_rows * d).map(|_| rng.normal() as f32).collect();
     Backbone {
         embed: Embedding {
             weight: Param::from_tensor(Tensor::from_data(
-                TensorData::new(embed, [shape.vocab, d]),
+                TensorData::new(embed, [a.vocab_rows, d]),
                 device,
             )),
         },
@@ -128,8 +254,66 @@ pub(crate) fn random_backbone(shape: &BackboneShape, seed: u64, device: &Device)
     }
 }
 
+impl Backbone {
+    /// One forward pass: validates the tokens against the context, builds rotary tables (and,
+    /// for left-padded batches, per-row positions counted from each row's first real token and
+    /// a key mask that hides the padding), runs every block under the context's policy and the
+    /// LM head on hidden rows `head_rows`.
+    ///
+    /// `hidden`, when given, receives the input of every block and the final normed state.
+    pub(crate) fn forward(
+        &self,
+        arch: &Arch,
+        tokens: Tensor<2, Int>,
+        ctx: &mut StepContext<'_>,
+        head_rows: std::ops::Range<usize>,
+        hidden: Option<&mut Vec<Tensor<3>>>,
+    ) -> Result<Tensor<3>> {
+        let seq = validate_tokens(&tokens, ctx, arch.max_len, arch.vocab_rows)?;
+        let device = tokens.device();
+        let [batch, _] = tokens.dims();
+        let padded = ctx.left_pad.filter(|pads| pads.iter().any(|&p| p > 0));
+        let (positions, key_mask) = match padded {
+            Some(pads) => {
+                // Dream's `tok_idx`: cumsum(mask) - 1, with padding positions set to 1.
+                let positions: Vec<Vec<i64>> = pads
+                    .iter()
+                    .map(|&pad| {
+                        (0..seq)
+                            .map(|j| if j < pad { 1 } else { (j - pad) as i64 })
+                            .collect()
+                    })
+                    .collect();
+                let mask: Vec<bool> = pads
+                    .iter()
+                    .flat_map(|&pad| (0..seq).map(move |j| j < pad))
+                    .collect();
+                let mask = Tensor::<4, Bool>::from_data(
+                    TensorData::new(mask, [batch, 1, 1, seq]),
+                    &device,
+                );
+                (positions, Some(mask))
+            }
+            None => (vec![(0..seq as i64).collect()], None),
+        };
+        let rope = Rope::new(
+            arch.head_dim(),
+            arch.rope_theta,
+            &positions,
+            arch.rotate_in_f32,
+            &device,
+        );
+        let env = LayerEnv {
+            rope: &rope,
+            prompt_len: ctx.info.prompt_len,
+            key_mask: key_mask.as_ref(),
+        };
+        self.run(tokens, &env, ctx, head_rows, hidden)
+    }
+}
+
 /// Checks a forward's tokens against its context and the model limits; returns the length.
-pub(crate) fn validate_tokens(
+fn validate_tokens(
     tokens: &Tensor<2, Int>,
     ctx: &StepContext<'_>,
     max_len: usize,
@@ -166,12 +350,22 @@ pub(crate) fn validate_tokens(
             format!("{rows:?} is not a non-empty range of a {seq}-token sequence"),
         ));
     }
+    if let Some(pads) = ctx.left_pad
+        && (pads.len() != batch || pads.iter().any(|&p| p >= info.prompt_len.max(1)))
+    {
+        return Err(Error::invalid(
+            "left_pad",
+            format!(
+                "{pads:?} for {batch} rows with a {}-token prompt",
+                info.prompt_len
+            ),
+        ));
+    }
     let out_of_range = tokens
         .clone()
         .lower_elem(0)
         .bool_or(tokens.clone().greater_equal_elem(vocab as i64));
-    let any = out_of_range.clone().any().into_scalar::<bool>();
-    if any {
+    if out_of_range.any().into_scalar::<bool>() {
         let ids = tokens
             .clone()
             .try_into_vec_as::<i64>()
