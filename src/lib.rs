@@ -63,8 +63,8 @@ pub use model::dream::{Dream, DreamConfig};
 pub use model::llada::{Llada, LladaConfig};
 pub use rng::SplitMix64;
 pub use sampler::{
-    Commit, GenerationOutput, GenerationStats, LladaSampler, LladaSamplerConfig, Remasking,
-    StepEvent,
+    Commit, DreamAlg, DreamSampler, DreamSamplerConfig, GenerationOutput, GenerationStats,
+    LladaSampler, LladaSamplerConfig, Remasking, StepEvent,
 };
 
 /// Re-export of the burn version this crate is built on.

@@ -18,10 +18,10 @@ use std::process::ExitCode;
 use std::ops::ControlFlow;
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
-use dllm_cache::sampler::{ForwardTrace, Pass};
+use dllm_cache::sampler::{ForwardTrace, Pass, dream_timesteps, dream_transfer_count};
 use dllm_cache::{
-    CachePolicy, Commit, Denoiser, DllmCacheConfig, Dream, DreamConfig, Llada, LladaConfig,
-    LladaSamplerConfig, NoCache, RowsTrace,
+    CachePolicy, Commit, Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamConfig,
+    DreamSamplerConfig, Llada, LladaConfig, LladaSamplerConfig, NoCache, RowsTrace,
 };
 use serde_json::Value;
 
@@ -179,6 +179,33 @@ fn run_case(arch: &str, path: &Path, device: &Device, models: &mut Models) -> Ca
                 .with_block_length(usize_of(&case["block_length"])?)
                 .with_cfg_scale(case["cfg_scale"].as_f64().unwrap_or(0.0));
             let sampler = c.init().map_err(|e| e.to_string())?.with_layer_trace(true);
+            generate_case(&case, model, |prompts, policy, on_step| {
+                sampler
+                    .generate_with(model, prompts, policy, on_step)
+                    .map(|o| o.sequences)
+                    .map_err(|e| e.to_string())
+            })
+        }
+        ("dream", "generate") => {
+            let model = models.dream(&model_dir, weights, device)?;
+            let steps = usize_of(&case["steps"])?;
+            let eps = case["eps"].as_f64().ok_or("eps")?;
+            if let Some(e) = dream_schedule_mismatch(&case, steps, eps)? {
+                return Ok(Outcome::Fail(e));
+            }
+            let alg: DreamAlg = case["alg"]
+                .as_str()
+                .ok_or("alg")?
+                .parse()
+                .map_err(|e: dllm_cache::Error| e.to_string())?;
+            let sampler = DreamSamplerConfig::new()
+                .with_steps(steps)
+                .with_max_new_tokens(usize_of(&case["gen_length"])?)
+                .with_eps(eps)
+                .with_alg(alg)
+                .init()
+                .map_err(|e| e.to_string())?
+                .with_layer_trace(true);
             generate_case(&case, model, |prompts, policy, on_step| {
                 sampler
                     .generate_with(model, prompts, policy, on_step)
@@ -534,4 +561,38 @@ fn compare_step(
         }
     }
     Ok(())
+}
+
+/// Dream's float32 schedule: every recorded `t`, `s`, and the transfer count derived from the
+/// recorded mask count, bit for bit.
+fn dream_schedule_mismatch(case: &Value, steps: usize, eps: f64) -> Result<Option<String>, String> {
+    let timesteps = dream_timesteps(steps, eps);
+    for (i, rec) in case["step_records"]
+        .as_array()
+        .ok_or("step_records")?
+        .iter()
+        .enumerate()
+    {
+        let t = rec["t"].as_f64().ok_or("t")? as f32;
+        let s = rec["s"].as_f64().ok_or("s")? as f32;
+        if timesteps[i] != t || timesteps[i + 1] != s {
+            return Ok(Some(format!(
+                "step {i}: timesteps ({}, {}) but the reference used ({t}, {s})",
+                timesteps[i],
+                timesteps[i + 1]
+            )));
+        }
+        if case["alg"].as_str() == Some("origin") {
+            continue;
+        }
+        let masks = rec["num_mask_per_row"].as_f64().ok_or("num_mask_per_row")? as f32;
+        let want = usize_of(&rec["num_transfer"])?;
+        let got = dream_transfer_count(masks, t, s, i + 1 == steps);
+        if got != want {
+            return Ok(Some(format!(
+                "step {i}: {got} tokens to transfer, the reference {want}"
+            )));
+        }
+    }
+    Ok(None)
 }

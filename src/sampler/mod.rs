@@ -6,6 +6,7 @@
 //! [`GenerationStats`], and the per-step [`StepEvent`] given to a streaming callback, which can
 //! stop the generation early by returning [`ControlFlow::Break`].
 
+pub mod dream;
 pub mod llada;
 
 use std::ops::ControlFlow;
@@ -17,6 +18,9 @@ use crate::denoiser::{Denoiser, LayerTrace};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 
+pub use dream::{
+    DreamAlg, DreamSampler, DreamSamplerConfig, dream_timesteps, dream_transfer_count,
+};
 pub use llada::{LladaSampler, LladaSamplerConfig, Remasking};
 
 /// One token committed at one step.
@@ -130,28 +134,43 @@ pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
     (0..steps).map(|i| base + usize::from(i < rem)).collect()
 }
 
-/// Checks a batch of prompts against a model and a response length; returns the prompt length.
+/// Checks a batch of equal-length prompts against a model and a response length; returns the
+/// prompt length.
 pub(crate) fn validate_prompts(
     model: &dyn Denoiser,
     prompts: &[Vec<u32>],
     gen_length: usize,
 ) -> Result<usize> {
-    let first = prompts
-        .first()
-        .ok_or_else(|| Error::invalid("prompts", "the batch is empty"))?;
-    let p = first.len();
-    if p == 0 {
-        return Err(Error::invalid("prompts", "a prompt is empty"));
-    }
-    if let Some(row) = prompts.iter().position(|r| r.len() != p) {
+    let (p, pads) = validate_ragged_prompts(model, prompts, gen_length)?;
+    if let Some(row) = pads.iter().position(|&pad| pad > 0) {
         return Err(Error::invalid(
             "prompts",
             format!(
-                "batch rows must have equal length: row 0 has {p} tokens, row {row} has {}",
+                "batch rows must have equal length: the longest has {p} tokens, row {row} has {}",
                 prompts[row].len()
             ),
         ));
     }
+    Ok(p)
+}
+
+/// Checks a batch of prompts of any lengths; returns the longest length and each row's left
+/// padding to it.
+pub(crate) fn validate_ragged_prompts(
+    model: &dyn Denoiser,
+    prompts: &[Vec<u32>],
+    gen_length: usize,
+) -> Result<(usize, Vec<usize>)> {
+    if prompts.is_empty() {
+        return Err(Error::invalid("prompts", "the batch is empty"));
+    }
+    if let Some(row) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::invalid(
+            "prompts",
+            format!("prompt of row {row} is empty"),
+        ));
+    }
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = p + gen_length;
     if len > model.max_seq_len() {
         return Err(Error::SequenceTooLong {
@@ -179,7 +198,7 @@ pub(crate) fn validate_prompts(
             }
         }
     }
-    Ok(p)
+    Ok((p, prompts.iter().map(|r| p - r.len()).collect()))
 }
 
 /// Uploads a batch of equal-length rows.

@@ -1,0 +1,592 @@
+//! Dream's sampler (`diffusion_generate` of Dream's `generation_utils.py`).
+//!
+//! The response (`max_new_tokens` masks after the prompt) is unmasked over `steps` steps along
+//! the float32 schedule `timesteps = linspace(1, eps, steps + 1)`. At step `i` with
+//! `t = timesteps[i]`, `s = timesteps[i + 1]`:
+//!
+//! * [`DreamAlg::Origin`]: every masked position is committed independently with probability
+//!   `1 - s / t` (1 at the last step), with a token sampled from its distribution;
+//! * [`DreamAlg::MaskgitPlus`], [`DreamAlg::TopkMargin`], [`DreamAlg::Entropy`]: every masked
+//!   position gets a token and a confidence (top probability, top-1 minus top-2 probability,
+//!   or negative entropy `sum p log(p + 1e-10)`); `int(n * (1 - s / t))` positions are
+//!   committed per row (`n` = masks per row averaged over the batch, all remaining masks at the
+//!   last step), the most confident ones, or sampled from `softmax(confidence / alg_temp)` when
+//!   `alg_temp > 0`.
+//!
+//! Tokens are argmax at temperature 0, else sampled after temperature scaling and optional
+//! top-p / top-k filtering. All float arithmetic of the schedule is float32, as in the
+//! reference, so that `int()` truncates identically.
+//!
+//! Prompts of different lengths are left-padded with the pad token; padding is hidden from
+//! attention and positions count from each row's first real token, as Dream's own code does
+//! with an attention mask (dLLM-Cache's Dream hook drops that mask; this crate does not).
+//!
+//! One deviation: when a batch row has fewer masks than the per-row count (rows with different
+//! mask counts), the reference's top-k also picks unmasked positions and writes the mask token
+//! there; this sampler commits only that row's masked positions.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
+    tokens_tensor,
+};
+use crate::cache::{CachePolicy, FeatureCache};
+use crate::denoiser::{Denoiser, StepContext, StepInfo};
+use crate::error::{Error, Result};
+use crate::flops::FlopCounter;
+use crate::rng::SplitMix64;
+
+/// How Dream picks the positions to commit at a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DreamAlg {
+    /// Random positions, each with probability `1 - s/t` (`"origin"`).
+    Origin,
+    /// Highest top probability (`"maskgit_plus"`).
+    MaskgitPlus,
+    /// Largest top-1 minus top-2 probability (`"topk_margin"`).
+    TopkMargin,
+    /// Lowest entropy (`"entropy"`, the dLLM-Cache evaluation default).
+    Entropy,
+}
+
+impl std::str::FromStr for DreamAlg {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "origin" => Ok(Self::Origin),
+            "maskgit_plus" => Ok(Self::MaskgitPlus),
+            "topk_margin" => Ok(Self::TopkMargin),
+            "entropy" => Ok(Self::Entropy),
+            other => Err(Error::invalid(
+                "alg",
+                format!("`{other}` (expected origin, maskgit_plus, topk_margin or entropy)"),
+            )),
+        }
+    }
+}
+
+/// Settings of the Dream sampler, named as in `diffusion_generate`.
+#[derive(Config, Debug, PartialEq)]
+pub struct DreamSamplerConfig {
+    /// Denoising steps.
+    #[config(default = 512)]
+    pub steps: usize,
+    /// Response length in tokens.
+    #[config(default = 512)]
+    pub max_new_tokens: usize,
+    /// Final timestep of the schedule, in (0, 1).
+    #[config(default = 1e-3)]
+    pub eps: f64,
+    /// Position selection rule.
+    #[config(default = "DreamAlg::Origin")]
+    pub alg: DreamAlg,
+    /// Token sampling temperature; 0 is greedy.
+    #[config(default = 0.0)]
+    pub temperature: f64,
+    /// Nucleus filtering: keep the smallest set of tokens whose probability reaches `top_p`.
+    #[config(default = "None")]
+    pub top_p: Option<f64>,
+    /// Keep only the `top_k` most likely tokens.
+    #[config(default = "None")]
+    pub top_k: Option<usize>,
+    /// Temperature of position sampling for the confidence algorithms; `None` or 0 picks the
+    /// most confident positions.
+    #[config(default = "None")]
+    pub alg_temp: Option<f64>,
+    /// Seed of the generator used for all random draws.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl DreamSamplerConfig {
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for zero steps or tokens, `eps` outside (0, 1), a negative or
+    /// non-finite temperature or `alg_temp`, `top_p` outside (0, 1], or `top_k` of 0.
+    pub fn init(&self) -> Result<DreamSampler> {
+        if self.steps == 0 {
+            return Err(Error::invalid("steps", "must be at least 1"));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::invalid("max_new_tokens", "must be at least 1"));
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return Err(Error::invalid(
+                "eps",
+                format!("must be in (0, 1), got {}", self.eps),
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::invalid(
+                "temperature",
+                format!("must be finite and >= 0, got {}", self.temperature),
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::invalid(
+                "top_p",
+                format!("must be in (0, 1], got {p}"),
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top_k", "must be at least 1"));
+        }
+        if let Some(a) = self.alg_temp
+            && !(a.is_finite() && a >= 0.0)
+        {
+            return Err(Error::invalid(
+                "alg_temp",
+                format!("must be finite and >= 0, got {a}"),
+            ));
+        }
+        Ok(DreamSampler {
+            config: self.clone(),
+            trace_layers: false,
+        })
+    }
+}
+
+/// `torch.linspace(1, eps, steps + 1)` in float32, computed as PyTorch's CPU kernel does:
+/// from the start for the first half, from the end for the second, each value one fused
+/// multiply-add (checked bit for bit against the recorded schedules of the golden set).
+pub fn dream_timesteps(steps: usize, eps: f64) -> Vec<f32> {
+    let n = steps + 1;
+    let (start, end) = (1.0f32, eps as f32);
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((n - 1 - i) as f32, end)
+            }
+        })
+        .collect()
+}
+
+/// Tokens per row committed at a step of a confidence algorithm:
+/// `int(masks_per_row * (1 - s / t))` in float32, or `int(masks_per_row)` at the last step.
+pub fn dream_transfer_count(masks_per_row: f32, t: f32, s: f32, last: bool) -> usize {
+    if last {
+        masks_per_row as usize
+    } else {
+        (masks_per_row * (1.0f32 - s / t)) as usize
+    }
+}
+
+/// The Dream sampler. Build it with [`DreamSamplerConfig::init`].
+#[derive(Debug, Clone)]
+pub struct DreamSampler {
+    config: DreamSamplerConfig,
+    trace_layers: bool,
+}
+
+impl DreamSampler {
+    /// The settings.
+    pub fn config(&self) -> &DreamSamplerConfig {
+        &self.config
+    }
+
+    /// Records what every layer of every forward did, delivered in [`StepEvent::forwards`].
+    pub fn with_layer_trace(mut self, on: bool) -> Self {
+        self.trace_layers = on;
+        self
+    }
+
+    /// Generates `max_new_tokens` tokens after each prompt. Prompts may differ in length; they
+    /// are left-padded to the longest. The returned sequences keep that padding.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty batch or prompt, a prompt holding the mask token,
+    /// or a model whose pad and mask tokens coincide; [`Error::SequenceTooLong`];
+    /// [`Error::TokenOutOfRange`]; errors of the model or the policy.
+    pub fn generate(
+        &self,
+        model: &dyn Denoiser,
+        prompts: &[Vec<u32>],
+        policy: &mut dyn CachePolicy,
+    ) -> Result<GenerationOutput> {
+        self.generate_with(model, prompts, policy, &mut |_| ControlFlow::Continue(()))
+    }
+
+    /// As [`generate`](Self::generate), calling `on_step` after every step; returning
+    /// [`ControlFlow::Break`] stops the generation.
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate).
+    pub fn generate_with(
+        &self,
+        model: &dyn Denoiser,
+        prompts: &[Vec<u32>],
+        policy: &mut dyn CachePolicy,
+        on_step: &mut OnStep<'_>,
+    ) -> Result<GenerationOutput> {
+        let started = Instant::now();
+        let c = &self.config;
+        let special = model.special_tokens();
+        if special.pad == special.mask {
+            return Err(Error::invalid(
+                "prompts",
+                "the model's pad token equals its mask token; left padding is impossible",
+            ));
+        }
+        let (p, pads) = super::validate_ragged_prompts(model, prompts, c.max_new_tokens)?;
+        let g = c.max_new_tokens;
+        let b = prompts.len();
+        let mut seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&pads)
+            .map(|(r, &pad)| {
+                let mut s = vec![special.pad; pad];
+                s.extend_from_slice(r);
+                s.resize(p + g, special.mask);
+                s
+            })
+            .collect();
+        let timesteps = dream_timesteps(c.steps, c.eps);
+        let mut rng = SplitMix64::new(c.seed);
+        policy.reset();
+        let mut cache = FeatureCache::new();
+        let mut flops = FlopCounter::new();
+        let mut stats = GenerationStats::default();
+        let mut forwards_done = 0;
+
+        for i in 0..c.steps {
+            let masked: Vec<Vec<usize>> = seqs
+                .iter()
+                .map(|r| (p..p + g).filter(|&j| r[j] == special.mask).collect())
+                .collect();
+            let total_masks: usize = masked.iter().map(Vec::len).sum();
+            let mut forwards = Vec::new();
+            let mut committed = vec![Vec::new(); b];
+            // A step without masks changes nothing; skip its forward.
+            if total_masks > 0 {
+                let info = StepInfo {
+                    index: forwards_done,
+                    prompt_len: p,
+                    response_len: g,
+                };
+                let mut layers = Vec::new();
+                let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops)
+                    .with_logit_rows(p..p + g)
+                    .with_left_padding(&pads);
+                if self.trace_layers {
+                    ctx = ctx.with_trace(&mut layers);
+                }
+                let logits = model.forward(tokens_tensor(&seqs, &model.device()), &mut ctx)?;
+                if self.trace_layers {
+                    forwards.push(ForwardTrace {
+                        pass: Pass::Conditional,
+                        index: forwards_done,
+                        layers,
+                    });
+                }
+                forwards_done += 1;
+                let (x0, conf) = self.score(logits, &mut rng)?;
+                let (t, s) = (timesteps[i], timesteps[i + 1]);
+                let last = i + 1 == c.steps;
+                let chosen: Vec<Vec<usize>> = match c.alg {
+                    DreamAlg::Origin => {
+                        let p_transfer = if last { 1.0f32 } else { 1.0f32 - s / t };
+                        masked
+                            .iter()
+                            .map(|row| {
+                                row.iter()
+                                    .copied()
+                                    .filter(|_| (rng.uniform() as f32) < p_transfer)
+                                    .collect()
+                            })
+                            .collect()
+                    }
+                    _ => {
+                        let per_row = total_masks as f32 / b as f32;
+                        let k = dream_transfer_count(per_row, t, s, last);
+                        masked
+                            .iter()
+                            .enumerate()
+                            .map(|(r, row)| {
+                                self.pick(row, &conf[r * g..(r + 1) * g], p, k, &mut rng)
+                            })
+                            .collect()
+                    }
+                };
+                for (r, positions) in chosen.into_iter().enumerate() {
+                    for j in positions {
+                        let token = x0[r * g + (j - p)];
+                        seqs[r][j] = token;
+                        committed[r].push(Commit {
+                            position: j,
+                            token,
+                            confidence: conf[r * g + (j - p)],
+                        });
+                    }
+                }
+            }
+            stats.peak_cache_bytes = stats.peak_cache_bytes.max(cache.bytes());
+            stats.steps = i + 1;
+            let event = StepEvent {
+                step: i,
+                total_steps: c.steps,
+                block: 0,
+                prompt_len: p,
+                committed: &committed,
+                sequences: &seqs,
+                forwards: &forwards,
+            };
+            if on_step(&event).is_break() {
+                stats.stopped_early = i + 1 < c.steps;
+                break;
+            }
+        }
+        stats.forwards = flops.forwards as usize;
+        stats.flops = flops;
+        stats.wall_time = started.elapsed();
+        Ok(GenerationOutput {
+            sequences: seqs,
+            prompt_len: p,
+            stats,
+        })
+    }
+
+    /// The positions among `masked` (absolute) to commit, by confidence.
+    fn pick(
+        &self,
+        masked: &[usize],
+        conf: &[f32],
+        p: usize,
+        k: usize,
+        rng: &mut SplitMix64,
+    ) -> Vec<usize> {
+        let k = k.min(masked.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        match self.config.alg_temp {
+            Some(temp) if temp > 0.0 => {
+                // softmax(confidence / alg_temp) over the masked positions, k draws without
+                // replacement.
+                let scores: Vec<f64> = masked.iter().map(|&j| conf[j - p] as f64 / temp).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let mut weights: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                let mut out = Vec::with_capacity(k);
+                for _ in 0..k {
+                    let total: f64 = weights.iter().sum();
+                    let mut u = rng.uniform() * total;
+                    let mut pick = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
+                    for (idx, &w) in weights.iter().enumerate() {
+                        if u < w {
+                            pick = idx;
+                            break;
+                        }
+                        u -= w;
+                    }
+                    out.push(masked[pick]);
+                    weights[pick] = 0.0;
+                }
+                out
+            }
+            _ => {
+                let mut order = masked.to_vec();
+                order.sort_by(|&a, &b| conf[b - p].total_cmp(&conf[a - p]).then(a.cmp(&b)));
+                order.truncate(k);
+                order
+            }
+        }
+    }
+
+    /// Token and confidence of every response row, row-major `[batch, rows]`.
+    fn score(&self, logits: Tensor<3>, rng: &mut SplitMix64) -> Result<(Vec<u32>, Vec<f32>)> {
+        let c = &self.config;
+        let filtered = c.top_p.is_some_and(|p| p < 1.0) || c.top_k.is_some();
+        if c.temperature > 0.0 || filtered {
+            return self.score_on_host(logits, rng);
+        }
+        let x0 = logits.clone().argmax(2);
+        let max = logits.clone().max_dim(2);
+        let e = (logits.clone() - max.clone()).exp();
+        let sum = e.clone().sum_dim(2);
+        let conf = match c.alg {
+            // softmax's largest entry: exp(0) / sum.
+            DreamAlg::Origin | DreamAlg::MaskgitPlus => sum.recip(),
+            DreamAlg::TopkMargin => {
+                let top2 = logits.topk(2, 2).narrow(2, 1, 1);
+                sum.clone().recip() - (top2 - max).exp() / sum
+            }
+            DreamAlg::Entropy => {
+                let probs = e / sum;
+                (probs.clone() * (probs + 1e-10).log()).sum_dim(2)
+            }
+        };
+        let x0 = x0
+            .try_into_vec_as::<i64>()
+            .map_err(backend_err)?
+            .into_iter()
+            .map(|t| t as u32)
+            .collect();
+        let conf = conf.try_into_vec_as::<f32>().map_err(backend_err)?;
+        Ok((x0, conf))
+    }
+
+    /// Temperature, top-p and top-k as the reference's `sample_tokens`, in float32 on the host.
+    fn score_on_host(
+        &self,
+        logits: Tensor<3>,
+        rng: &mut SplitMix64,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let c = &self.config;
+        let [_, _, vocab] = logits.dims();
+        let host = logits.try_into_vec_as::<f32>().map_err(backend_err)?;
+        let mut x0 = Vec::with_capacity(host.len() / vocab);
+        let mut conf = Vec::with_capacity(host.len() / vocab);
+        let mut row = vec![0f32; vocab];
+        for chunk in host.chunks_exact(vocab) {
+            row.copy_from_slice(chunk);
+            if c.temperature > 0.0 {
+                let t = c.temperature as f32;
+                row.iter_mut().for_each(|v| *v /= t);
+            }
+            if let Some(top_p) = c.top_p.filter(|&p| p < 1.0) {
+                top_p_filter(&mut row, top_p as f32);
+            }
+            if let Some(k) = c.top_k {
+                top_k_filter(&mut row, k);
+            }
+            let probs = softmax(&row);
+            let (best, best_p) =
+                probs
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, (j, &v)| if v > acc.1 { (j, v) } else { acc },
+                    );
+            let (token, p_token) = if c.temperature > 0.0 {
+                let j = sample_categorical(&probs, rng);
+                (j, probs[j])
+            } else {
+                (best, best_p)
+            };
+            x0.push(token as u32);
+            conf.push(match c.alg {
+                DreamAlg::Origin | DreamAlg::MaskgitPlus => p_token,
+                DreamAlg::TopkMargin => {
+                    let second = probs
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != best)
+                        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+                    best_p - second
+                }
+                DreamAlg::Entropy => probs.iter().map(|&v| v * (v + 1e-10).ln()).sum(),
+            });
+        }
+        Ok((x0, conf))
+    }
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// Keeps the most likely tokens whose cumulative probability first reaches `top_p`; the rest
+/// get `f32::MIN` (the reference's `finfo.min`).
+fn top_p_filter(row: &mut [f32], top_p: f32) {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    let sorted: Vec<f32> = order.iter().map(|&j| row[j]).collect();
+    let probs = softmax(&sorted);
+    let mut cum = 0f32;
+    let mut remove = vec![false; row.len()];
+    for (rank, &p) in probs.iter().enumerate() {
+        cum += p;
+        // Shifted right by one: the token that crosses the threshold is kept.
+        if rank + 1 < remove.len() {
+            remove[rank + 1] = cum > top_p;
+        }
+    }
+    for (rank, &j) in order.iter().enumerate() {
+        if remove[rank] {
+            row[j] = f32::MIN;
+        }
+    }
+}
+
+/// Keeps tokens whose logit is at least the k-th largest.
+fn top_k_filter(row: &mut [f32], k: usize) {
+    let k = k.min(row.len());
+    let mut sorted = row.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    row.iter_mut()
+        .filter(|v| **v < kth)
+        .for_each(|v| *v = f32::MIN);
+}
+
+fn sample_categorical(probs: &[f32], rng: &mut SplitMix64) -> usize {
+    let total: f64 = probs.iter().map(|&p| p as f64).sum();
+    let mut u = rng.uniform() * total;
+    for (j, &p) in probs.iter().enumerate() {
+        if u < p as f64 {
+            return j;
+        }
+        u -= p as f64;
+    }
+    probs.iter().rposition(|&p| p > 0.0).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timesteps_run_from_one_to_eps() {
+        let t = dream_timesteps(4, 0.001);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[0], 1.0);
+        assert_eq!(t[4], 0.001);
+        assert!(t.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn first_step_of_a_one_token_per_step_schedule_commits_nothing() {
+        // 256 masks over 256 steps: 256 * (1 - s/t) is just below 1 at the first step.
+        let t = dream_timesteps(256, 1e-3);
+        assert_eq!(dream_transfer_count(256.0, t[0], t[1], false), 0);
+        assert_eq!(dream_transfer_count(2.0, t[255], t[256], true), 2);
+    }
+
+    #[test]
+    fn top_p_keeps_the_token_that_crosses_the_threshold() {
+        let mut row = vec![3.0, 2.0, 1.0, 0.0];
+        top_p_filter(&mut row, 0.5);
+        assert_eq!(row[0], 3.0); // p = 0.64 crosses 0.5 and is kept
+        assert!(row[1..].iter().all(|&v| v == f32::MIN));
+        let mut row = vec![1.0, 1.0, 1.0, 1.0];
+        top_p_filter(&mut row, 0.6);
+        assert_eq!(row.iter().filter(|&&v| v == f32::MIN).count(), 1);
+    }
+
+    #[test]
+    fn top_k_keeps_k_best() {
+        let mut row = vec![0.5, 2.0, 1.0, -1.0];
+        top_k_filter(&mut row, 2);
+        assert_eq!(row, vec![f32::MIN, 2.0, 1.0, f32::MIN]);
+    }
+}
