@@ -4,7 +4,10 @@
 use std::ops::ControlFlow;
 
 use dllm_cache::burn::tensor::Device;
-use dllm_cache::{DllmCacheConfig, Error, Llada, LladaSamplerConfig, NoCache, Remasking};
+use dllm_cache::{
+    DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, Error, Llada, LladaSamplerConfig,
+    NoCache, Remasking,
+};
 
 fn model() -> Llada {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/llada");
@@ -233,4 +236,123 @@ fn statistics_show_the_cache_at_work() {
         cached.flops.lm_head, plain.flops.lm_head,
         "the head runs on the same rows"
     );
+}
+
+fn dream() -> Dream {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream");
+    Dream::from_dir(dir, &Device::default()).expect("fixture")
+}
+
+fn dream_sampler(alg: DreamAlg) -> DreamSamplerConfig {
+    DreamSamplerConfig::new()
+        .with_steps(16)
+        .with_max_new_tokens(16)
+        .with_alg(alg)
+}
+
+#[test]
+fn invalid_dream_settings_are_typed_errors() {
+    let base = dream_sampler(DreamAlg::Entropy);
+    let cases = [
+        (base.clone().with_steps(0), "steps"),
+        (base.clone().with_max_new_tokens(0), "max_new_tokens"),
+        (base.clone().with_eps(0.0), "eps"),
+        (base.clone().with_eps(1.0), "eps"),
+        (base.clone().with_temperature(f64::NAN), "temperature"),
+        (base.clone().with_top_p(Some(0.0)), "top_p"),
+        (base.clone().with_top_p(Some(1.5)), "top_p"),
+        (base.clone().with_top_k(Some(0)), "top_k"),
+        (base.clone().with_alg_temp(Some(-1.0)), "alg_temp"),
+    ];
+    for (config, field) in cases {
+        match config.init() {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, field),
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let err = "greedy".parse::<DreamAlg>().unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { name: "alg", .. }));
+}
+
+#[test]
+fn dream_rows_of_a_left_padded_batch_match_their_solo_runs() {
+    let model = dream();
+    let prompts: Vec<Vec<u32>> = [10usize, 6, 8]
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| {
+            (0..len)
+                .map(|i| ((i * 31 + r * 7 + 3) % 290) as u32)
+                .collect()
+        })
+        .collect();
+    let policies: [(&str, Box<dyn Fn() -> Box<dyn dllm_cache::CachePolicy>>); 2] = [
+        ("none", Box::new(|| Box::new(NoCache))),
+        (
+            "dllm",
+            Box::new(|| {
+                Box::new(
+                    DllmCacheConfig::new()
+                        .with_prompt_interval(4)
+                        .with_response_interval(2)
+                        .init()
+                        .unwrap(),
+                )
+            }),
+        ),
+    ];
+    for alg in [DreamAlg::Entropy, DreamAlg::MaskgitPlus] {
+        let s = dream_sampler(alg).init().unwrap();
+        for (name, make) in &policies {
+            let batch = s.generate(&model, &prompts, make().as_mut()).unwrap();
+            assert_eq!(batch.prompt_len, 10);
+            for (r, prompt) in prompts.iter().enumerate() {
+                let pad = 10 - prompt.len();
+                assert!(
+                    batch.sequences[r][..pad].iter().all(|&t| t == 300),
+                    "left padding"
+                );
+                let solo = s
+                    .generate(&model, std::slice::from_ref(prompt), make().as_mut())
+                    .unwrap();
+                assert_eq!(
+                    batch.response(r),
+                    solo.response(0),
+                    "{alg:?}/{name} row {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dream_sampling_options_run_and_are_seeded() {
+    let model = dream();
+    let prompt = vec![(0..8).map(|i| i * 17 % 290).collect::<Vec<u32>>()];
+    for alg in [
+        DreamAlg::Origin,
+        DreamAlg::MaskgitPlus,
+        DreamAlg::TopkMargin,
+        DreamAlg::Entropy,
+    ] {
+        let run = |seed: u64| {
+            dream_sampler(alg)
+                .with_temperature(0.7)
+                .with_top_p(Some(0.9))
+                .with_top_k(Some(50))
+                .with_alg_temp(Some(0.5))
+                .with_seed(seed)
+                .init()
+                .unwrap()
+                .generate(&model, &prompt, &mut NoCache)
+                .unwrap()
+        };
+        let a = run(3);
+        assert_eq!(a.sequences, run(3).sequences, "{alg:?}");
+        assert_ne!(a.sequences, run(4).sequences, "{alg:?}: seeds must matter");
+        assert!(
+            !a.response(0).contains(&311),
+            "{alg:?}: the last step unmasks everything"
+        );
+    }
 }

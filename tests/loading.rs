@@ -407,3 +407,44 @@ fn tokens_are_checked_before_the_forward() {
     let ok = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 3, 4], [2, 2]), &device);
     assert!(model.forward_with_hidden_states(ok).is_ok());
 }
+
+#[test]
+fn dream_loads_and_its_config_is_checked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream");
+    let model = dllm_cache::Dream::from_dir(&dir, &Device::default()).expect("dream fixture");
+    assert_eq!(model.config().num_key_value_heads, 1);
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (field, value) in [
+        ("tie_word_embeddings", serde_json::Value::Bool(true)),
+        ("use_sliding_window", true.into()),
+        ("hidden_act", "gelu".into()),
+        (
+            "rope_scaling",
+            serde_json::json!({"type": "linear", "factor": 2.0}),
+        ),
+    ] {
+        let mut config = base.clone();
+        config[field] = value;
+        let err = dllm_cache::DreamConfig::from_json(&config.to_string()).unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { field: ref f, .. } if f == field),
+            "{field}: {err}"
+        );
+    }
+    let mut gqa = base.clone();
+    gqa["num_key_value_heads"] = 2.into(); // 7 query heads
+    let err = dllm_cache::DreamConfig::from_json(&gqa.to_string()).unwrap_err();
+    assert!(
+        matches!(err, Error::Config { ref reason, .. } if reason.contains("`num_key_value_heads` (2) must divide `num_attention_heads` (7)")),
+        "{err}"
+    );
+    // A Dream checkpoint is not a LLaDA checkpoint: the names do not match.
+    let err = Llada::from_safetensors(
+        LladaConfig::from_file(fixture().join("config.json")).unwrap(),
+        &[dir.join("model.safetensors")],
+        &Device::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::MissingTensor { .. }), "{err}");
+}

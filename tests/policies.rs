@@ -7,8 +7,8 @@ use std::sync::Arc;
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
 use dllm_cache::cache::{CachePolicy, FeatureCache, Probe, Refresh, Segment};
 use dllm_cache::{
-    Denoiser, DllmCacheConfig, Error, FlopCounter, Llada, LladaSamplerConfig, NoCache, StepContext,
-    StepInfo,
+    Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, Error, FlopCounter, Llada,
+    LladaSamplerConfig, NoCache, StepContext, StepInfo,
 };
 
 type Factory = fn() -> Box<dyn CachePolicy>;
@@ -43,14 +43,73 @@ fn policies() -> Vec<(&'static str, Factory)> {
     ]
 }
 
+/// Runs a model's own sampler: (model, policy, guidance scale, steps = tokens) -> result.
+type Runner =
+    fn(&dyn Denoiser, &mut dyn CachePolicy, f64, usize) -> dllm_cache::Result<Vec<Vec<u32>>>;
+
+/// A model under contract with the sampler that drives it.
+struct Subject {
+    name: &'static str,
+    model: Arc<dyn Denoiser>,
+    run: Runner,
+    /// Whether its sampler has classifier-free guidance.
+    guidance: bool,
+}
+
+fn run_llada(
+    m: &dyn Denoiser,
+    p: &mut dyn CachePolicy,
+    cfg: f64,
+    n: usize,
+) -> dllm_cache::Result<Vec<Vec<u32>>> {
+    let sampler = LladaSamplerConfig::new()
+        .with_steps(n)
+        .with_gen_length(n)
+        .with_block_length(n / 2)
+        .with_cfg_scale(cfg)
+        .init()?;
+    Ok(sampler.generate(m, &prompts(2, 10), p)?.sequences)
+}
+
+fn run_dream(
+    m: &dyn Denoiser,
+    p: &mut dyn CachePolicy,
+    _cfg: f64,
+    n: usize,
+) -> dllm_cache::Result<Vec<Vec<u32>>> {
+    let sampler = DreamSamplerConfig::new()
+        .with_steps(n)
+        .with_max_new_tokens(n)
+        .with_alg(DreamAlg::Entropy)
+        .init()?;
+    Ok(sampler.generate(m, &prompts(2, 10), p)?.sequences)
+}
+
 /// Every model under contract.
-fn models(device: &Device) -> Vec<(&'static str, Arc<dyn Denoiser>)> {
+fn models(device: &Device) -> Vec<Subject> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
-    vec![(
-        "llada",
-        Arc::new(Llada::from_dir(dir.join("llada"), device).expect("llada fixture"))
-            as Arc<dyn Denoiser>,
-    )]
+    vec![
+        Subject {
+            name: "llada",
+            model: Arc::new(Llada::from_dir(dir.join("llada"), device).expect("llada fixture")),
+            run: run_llada,
+            guidance: true,
+        },
+        Subject {
+            name: "dream",
+            model: Arc::new(Dream::from_dir(dir.join("dream"), device).expect("dream fixture")),
+            run: run_dream,
+            guidance: false,
+        },
+    ]
+}
+
+fn guidance_scales(subject: &Subject) -> &'static [f64] {
+    if subject.guidance {
+        &[0.0, 1.0]
+    } else {
+        &[0.0]
+    }
 }
 
 fn prompts(batch: usize, len: usize) -> Vec<Vec<u32>> {
@@ -63,21 +122,14 @@ fn prompts(batch: usize, len: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn generate(model: &dyn Denoiser, policy: &mut dyn CachePolicy, cfg: f64) -> Vec<Vec<u32>> {
-    LladaSamplerConfig::new()
-        .with_steps(16)
-        .with_gen_length(16)
-        .with_block_length(8)
-        .with_cfg_scale(cfg)
-        .init()
-        .unwrap()
-        .generate(model, &prompts(2, 10), policy)
-        .expect("generation runs")
-        .sequences
+/// A 16-token generation for a batch of two.
+fn generate(subject: &Subject, policy: &mut dyn CachePolicy, cfg: f64) -> Vec<Vec<u32>> {
+    (subject.run)(subject.model.as_ref(), policy, cfg, 16).expect("generation runs")
 }
 
 fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -> Vec<Vec<f32>> {
     let device = model.device();
+    let mask = model.special_tokens().mask as i64;
     let mut cache = FeatureCache::new();
     let mut flops = FlopCounter::new();
     policy.reset();
@@ -89,7 +141,7 @@ fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -
             if j < index {
                 (j * 11 % 250) as i64
             } else {
-                317
+                mask
             }
         }));
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(row, [1, 32]), &device);
@@ -108,7 +160,8 @@ fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -
 #[test]
 fn always_refresh_equals_no_cache_bit_for_bit() {
     let device = Device::default();
-    for (name, model) in models(&device) {
+    for subject in models(&device) {
+        let (name, model) = (subject.name, &subject.model);
         let mut always = DllmCacheConfig::new()
             .with_prompt_interval(1)
             .with_response_interval(1)
@@ -122,10 +175,10 @@ fn always_refresh_equals_no_cache_bit_for_bit() {
             "{name}: intervals 1 and ratio 0 must equal NoCache exactly"
         );
         // Same for whole generations, with and without guidance.
-        for cfg in [0.0, 1.0] {
+        for &cfg in guidance_scales(&subject) {
             assert_eq!(
-                generate(model.as_ref(), &mut always, cfg),
-                generate(model.as_ref(), &mut NoCache, cfg),
+                generate(&subject, &mut always, cfg),
+                generate(&subject, &mut NoCache, cfg),
                 "{name} cfg {cfg}"
             );
         }
@@ -137,7 +190,7 @@ fn caching_policies_actually_reuse() {
     // The contract above would also hold for a policy that ignored its settings; check that
     // the caching settings do change the computation (fewer FLOPs, slightly different logits).
     let device = Device::default();
-    for (name, model) in models(&device) {
+    for Subject { name, model, .. } in models(&device) {
         let mut cached = DllmCacheConfig::new()
             .with_prompt_interval(4)
             .with_response_interval(2)
@@ -156,13 +209,14 @@ fn caching_policies_actually_reuse() {
 #[test]
 fn reset_isolates_generations() {
     let device = Device::default();
-    for (model_name, model) in models(&device) {
+    for subject in models(&device) {
+        let model_name = subject.name;
         for (name, make) in policies() {
-            for cfg in [0.0, 1.0] {
+            for &cfg in guidance_scales(&subject) {
                 let mut reused = make();
-                let first = generate(model.as_ref(), reused.as_mut(), cfg);
-                let second = generate(model.as_ref(), reused.as_mut(), cfg);
-                let fresh = generate(model.as_ref(), make().as_mut(), cfg);
+                let first = generate(&subject, reused.as_mut(), cfg);
+                let second = generate(&subject, reused.as_mut(), cfg);
+                let fresh = generate(&subject, make().as_mut(), cfg);
                 assert_eq!(first, fresh, "{model_name}/{name} cfg {cfg}");
                 assert_eq!(second, fresh, "{model_name}/{name} cfg {cfg}: state leaked");
             }
@@ -173,21 +227,26 @@ fn reset_isolates_generations() {
 #[test]
 fn concurrent_generations_on_one_model_match_sequential_ones() {
     let device = Device::default();
-    for (model_name, model) in models(&device) {
+    for subject in models(&device) {
         let sequential: Vec<_> = policies()
             .iter()
-            .map(|(_, make)| generate(model.as_ref(), make().as_mut(), 0.0))
+            .map(|(_, make)| generate(&subject, make().as_mut(), 0.0))
             .collect();
         let handles: Vec<_> = policies()
             .into_iter()
             .map(|(name, make)| {
-                let model = Arc::clone(&model);
-                std::thread::spawn(move || (name, generate(model.as_ref(), make().as_mut(), 0.0)))
+                let (model, run) = (Arc::clone(&subject.model), subject.run);
+                std::thread::spawn(move || (name, run(model.as_ref(), make().as_mut(), 0.0, 16)))
             })
             .collect();
         for (handle, want) in handles.into_iter().zip(sequential) {
             let (name, got) = handle.join().expect("thread");
-            assert_eq!(got, want, "{model_name}/{name}");
+            assert_eq!(
+                got.expect("generation runs"),
+                want,
+                "{}/{name}",
+                subject.name
+            );
         }
     }
 }
@@ -233,8 +292,9 @@ impl CachePolicy for Rogue {
 #[test]
 fn rule_breaking_policies_get_errors_not_panics() {
     let device = Device::default();
-    for (name, model) in models(&device) {
-        let err = generate_err(model.as_ref(), &mut Rogue(Refresh::Reuse));
+    for subject in models(&device) {
+        let name = subject.name;
+        let err = generate_err(&subject, &mut Rogue(Refresh::Reuse));
         assert!(
             matches!(err, Error::Policy { layer: 0, ref reason } if reason.contains("never cached")),
             "{name}: {err}"
@@ -243,7 +303,7 @@ fn rule_breaking_policies_get_errors_not_panics() {
         // Rows out of the segment's range are caught before any gather.
         let too_many = Tensor::<2, Int>::zeros([2, 64], &device);
         let mut fill_then_rows = Sequence(vec![Refresh::All, Refresh::Rows(too_many)], 0);
-        let err = generate_err(model.as_ref(), &mut fill_then_rows);
+        let err = generate_err(&subject, &mut fill_then_rows);
         assert!(
             matches!(err, Error::Policy { ref reason, .. } if reason.contains("row selection")),
             "{name}: {err}"
@@ -273,13 +333,6 @@ impl CachePolicy for Sequence {
     }
 }
 
-fn generate_err(model: &dyn Denoiser, policy: &mut dyn CachePolicy) -> Error {
-    LladaSamplerConfig::new()
-        .with_steps(4)
-        .with_gen_length(8)
-        .with_block_length(8)
-        .init()
-        .unwrap()
-        .generate(model, &prompts(2, 10), policy)
-        .expect_err("the policy breaks the rules")
+fn generate_err(subject: &Subject, policy: &mut dyn CachePolicy) -> Error {
+    (subject.run)(subject.model.as_ref(), policy, 0.0, 8).expect_err("the policy breaks the rules")
 }
