@@ -286,20 +286,17 @@ fn dream_rows_of_a_left_padded_batch_match_their_solo_runs() {
                 .collect()
         })
         .collect();
-    let policies: [(&str, Box<dyn Fn() -> Box<dyn dllm_cache::CachePolicy>>); 2] = [
-        ("none", Box::new(|| Box::new(NoCache))),
-        (
-            "dllm",
-            Box::new(|| {
-                Box::new(
-                    DllmCacheConfig::new()
-                        .with_prompt_interval(4)
-                        .with_response_interval(2)
-                        .init()
-                        .unwrap(),
-                )
-            }),
-        ),
+    let policies: [(&str, fn() -> Box<dyn dllm_cache::CachePolicy>); 2] = [
+        ("none", || Box::new(NoCache)),
+        ("dllm", || {
+            Box::new(
+                DllmCacheConfig::new()
+                    .with_prompt_interval(4)
+                    .with_response_interval(2)
+                    .init()
+                    .unwrap(),
+            )
+        }),
     ];
     for alg in [DreamAlg::Entropy, DreamAlg::MaskgitPlus] {
         let s = dream_sampler(alg).init().unwrap();
