@@ -238,6 +238,8 @@ fn statistics_show_the_cache_at_work() {
     );
 }
 
+type MakePolicy = fn() -> Box<dyn dllm_cache::CachePolicy>;
+
 fn dream() -> Dream {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream");
     Dream::from_dir(dir, &Device::default()).expect("fixture")
@@ -286,7 +288,7 @@ fn dream_rows_of_a_left_padded_batch_match_their_solo_runs() {
                 .collect()
         })
         .collect();
-    let policies: [(&str, fn() -> Box<dyn dllm_cache::CachePolicy>); 2] = [
+    let policies: [(&str, MakePolicy); 2] = [
         ("none", || Box::new(NoCache)),
         ("dllm", || {
             Box::new(
