@@ -89,15 +89,28 @@ impl DllmCache {
     }
 
     fn due(&self, layer: usize, segment: Segment) -> bool {
-        let interval = match segment {
-            Segment::Prompt => self.config.prompt_interval,
-            Segment::Response => self.config.response_interval,
-        };
-        self.step.is_multiple_of(interval) || (layer == 0 && self.config.refresh_first_layer)
+        self.config.due(self.step, layer, segment)
     }
 
     fn verifies(&self, segment: Segment) -> bool {
         segment == Segment::Response && self.config.refresh_ratio > 0.0
+    }
+}
+
+impl DllmCacheConfig {
+    /// Whether `segment` of `layer` is recomputed in full at forward pass `step` (0-based).
+    /// The FLOPs estimator replays the schedule through this same rule.
+    pub(crate) fn due(&self, step: usize, layer: usize, segment: Segment) -> bool {
+        let interval = match segment {
+            Segment::Prompt => self.prompt_interval,
+            Segment::Response => self.response_interval,
+        };
+        step.is_multiple_of(interval) || (layer == 0 && self.refresh_first_layer)
+    }
+
+    /// Rows V-verify refreshes in a response of `rows` rows: Python's `int(rows * rho)`.
+    pub(crate) fn verified_rows(&self, rows: usize) -> usize {
+        (rows as f64 * self.refresh_ratio) as usize
     }
 }
 
@@ -133,8 +146,7 @@ impl CachePolicy for DllmCache {
         match probe {
             Some(probe) if self.verifies(segment) => {
                 let [_, rows, _] = probe.fresh_v.dims();
-                // Python's int(G * rho): truncation of the double product.
-                let k = (rows as f64 * self.config.refresh_ratio) as usize;
+                let k = self.config.verified_rows(rows);
                 Ok(Refresh::Rows(least_similar(probe, k)))
             }
             _ => Ok(Refresh::Reuse),

@@ -145,6 +145,12 @@ pub struct LladaSampler {
     trace_layers: bool,
 }
 
+/// Whether dLLM-Cache recomputes the unconditional pass at sampler step `step` (0-based):
+/// on the first five steps and every `interval`-th (the official `refresh_cfg`).
+pub(crate) fn guidance_refresh(step: usize, interval: usize) -> bool {
+    step.is_multiple_of(interval) || step < 5
+}
+
 /// Per-generation state of classifier-free guidance.
 #[allow(clippy::large_enum_variant)] // one per generation
 enum Guidance {
@@ -394,8 +400,7 @@ impl LladaSampler {
             } => {
                 // The residual is reused across blocks, so it covers the whole response.
                 let seq = seqs[0].len();
-                let n = step + 1;
-                let refresh = (n - 1).is_multiple_of(*interval) || n <= 5 || residual.is_none();
+                let refresh = guidance_refresh(step, *interval) || residual.is_none();
                 let cond = run(seqs, policy, cache, step, Pass::Conditional, p..seq)?;
                 if refresh {
                     let un = run(
