@@ -1,0 +1,216 @@
+//! Time whole generations, uncached or with dLLM-Cache, and print one JSON object.
+//!
+//! ```text
+//! cargo run --release --example bench_generate -- --random d_model=512,layers=8,heads=8,mlp=1376,vocab=32000 \
+//!     --prompt-len 256 --gen-len 64 --steps 64 --block-len 16 --policy dllm --kp 100 --kr 7 --rho 0.25 \
+//!     --repeat 3 --json
+//! cargo run --release --example bench_generate -- --model DIR --prompt-len 512 --policy none
+//! ```
+//!
+//! Runs one untimed warm-up generation and `--repeat` timed ones on a synthetic prompt, and
+//! reports the mean time, generated tokens per second, FLOPs executed (paper convention and
+//! full total), peak cache bytes, the backend and the thread count. `--model` takes a
+//! Hugging Face LLaDA or Dream folder (detected from `config.json`'s `model_type`);
+//! `--random` builds a seeded random LLaDA-shaped model of the given sizes.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use dllm_cache::burn::tensor::Device;
+use dllm_cache::{
+    CachePolicy, Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, GenerationOutput,
+    Llada, LladaConfig, LladaSamplerConfig, NoCache,
+};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Policy {
+    None,
+    Dllm,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark whole generations")]
+struct Args {
+    /// Hugging Face LLaDA or Dream folder.
+    #[arg(long, conflicts_with = "random")]
+    model: Option<PathBuf>,
+    /// Random LLaDA-shaped model: d_model=..,layers=..,heads=..,mlp=..,vocab=..
+    #[arg(long)]
+    random: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_len: usize,
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    /// LLaDA block length (Dream has no blocks).
+    #[arg(long, default_value_t = 16)]
+    block_len: usize,
+    #[arg(long, value_enum, default_value_t = Policy::Dllm)]
+    policy: Policy,
+    #[arg(long, default_value_t = 100)]
+    kp: usize,
+    #[arg(long, default_value_t = 7)]
+    kr: usize,
+    #[arg(long, default_value_t = 0.25)]
+    rho: f64,
+    /// Do not force layer 0 to refresh every step.
+    #[arg(long)]
+    no_refresh_first_layer: bool,
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Print only the JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+enum Model {
+    Llada(Llada),
+    Dream(Dream),
+}
+
+fn parse_random(spec: &str) -> Result<LladaConfig, String> {
+    let mut v = std::collections::HashMap::new();
+    for part in spec.split(',') {
+        let (k, n) = part
+            .split_once('=')
+            .ok_or(format!("`{part}` is not key=value"))?;
+        v.insert(
+            k.trim(),
+            n.trim().parse::<usize>().map_err(|e| format!("{k}: {e}"))?,
+        );
+    }
+    let get = |k: &str| v.get(k).copied().ok_or(format!("--random needs {k}="));
+    Ok(LladaConfig::with_sizes(
+        get("d_model")?,
+        get("layers")?,
+        get("heads")?,
+        get("mlp")?,
+        get("vocab")?,
+    ))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let device = Device::flex();
+    let (model, name) = match (&a.model, &a.random) {
+        (Some(dir), _) => {
+            let config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+            let kind = config["model_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase();
+            if kind == "dream" {
+                (
+                    Model::Dream(Dream::from_dir(dir, &device)?),
+                    dir.display().to_string(),
+                )
+            } else {
+                (
+                    Model::Llada(Llada::from_dir(dir, &device)?),
+                    dir.display().to_string(),
+                )
+            }
+        }
+        (None, spec) => {
+            let spec = spec
+                .as_deref()
+                .unwrap_or("d_model=512,layers=8,heads=8,mlp=1376,vocab=32000");
+            (
+                Model::Llada(Llada::random(parse_random(spec)?, 0, &device)?),
+                format!("random({spec})"),
+            )
+        }
+    };
+    let denoiser: &dyn Denoiser = match &model {
+        Model::Llada(m) => m,
+        Model::Dream(m) => m,
+    };
+    let special = denoiser.special_tokens();
+    let vocab = denoiser.vocab_size() as u32;
+    let prompt: Vec<Vec<u32>> = (0..a.batch)
+        .map(|b| {
+            (0..a.prompt_len as u32)
+                .map(|i| (i * 7919 + b as u32 * 31 + 17) % vocab)
+                .map(|t| {
+                    if t == special.mask || t == special.pad {
+                        (t + 1) % vocab
+                    } else {
+                        t
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let dllm = DllmCacheConfig::new()
+        .with_prompt_interval(a.kp)
+        .with_response_interval(a.kr)
+        .with_refresh_ratio(a.rho)
+        .with_refresh_first_layer(!a.no_refresh_first_layer)
+        .init()?;
+    let mut policy: Box<dyn CachePolicy> = match a.policy {
+        Policy::None => Box::new(NoCache),
+        Policy::Dllm => Box::new(dllm),
+    };
+    let run = |policy: &mut dyn CachePolicy| -> dllm_cache::Result<GenerationOutput> {
+        match &model {
+            Model::Llada(m) => LladaSamplerConfig::new()
+                .with_steps(a.steps)
+                .with_gen_length(a.gen_len)
+                .with_block_length(a.block_len)
+                .init()?
+                .generate(m, &prompt, policy),
+            Model::Dream(m) => DreamSamplerConfig::new()
+                .with_steps(a.steps)
+                .with_max_new_tokens(a.gen_len)
+                .with_alg(DreamAlg::Entropy)
+                .init()?
+                .generate(m, &prompt, policy),
+        }
+    };
+    run(policy.as_mut())?; // warm-up
+    let mut seconds = Vec::with_capacity(a.repeat);
+    let mut last = None;
+    for _ in 0..a.repeat.max(1) {
+        let out = run(policy.as_mut())?;
+        seconds.push(out.stats.wall_time.as_secs_f64());
+        last = Some(out);
+    }
+    let out = last.expect("at least one run");
+    let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+    let tokens = (a.gen_len * a.batch) as f64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let json = serde_json::json!({
+        "model": name,
+        "backend": if cfg!(feature = "x86-v4") { "flex+x86-v4" } else { "flex" },
+        "threads": threads,
+        "policy": policy.name(),
+        "batch": a.batch,
+        "prompt_len": a.prompt_len,
+        "gen_len": a.gen_len,
+        "steps": a.steps,
+        "block_len": a.block_len,
+        "repeat": seconds.len(),
+        "seconds": mean,
+        "seconds_each": seconds,
+        "tokens_per_s": tokens / mean,
+        "flops": {
+            "paper": out.stats.flops.paper(),
+            "total": out.stats.flops.total(),
+            "linear": out.stats.flops.linear,
+            "lm_head": out.stats.flops.lm_head,
+            "attention": out.stats.flops.attention,
+        },
+        "gflops_per_s": out.stats.flops.total() as f64 / mean / 1e9,
+        "cache_bytes": out.stats.peak_cache_bytes,
+    });
+    if a.json {
+        println!("{json}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(())
+}
