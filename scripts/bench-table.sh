@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Measures uncached vs dLLM-Cache generation with examples/bench_generate on a random
+# LLaDA-shaped model, for several prompt lengths, in one run, and prints a markdown table of
+# FLOPs reduction next to wall-clock speedup.
+#
+#   scripts/bench-table.sh                 # defaults below
+#   PROMPTS="256 1024" REPEAT=2 FEATURES=x86-v4 scripts/bench-table.sh
+#
+# Needs python3 for formatting the JSON lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROMPTS=${PROMPTS:-"64 256 1024"}
+REPEAT=${REPEAT:-1}
+GEN=${GEN:-64}
+STEPS=${STEPS:-64}
+BLOCK=${BLOCK:-16}
+MODEL=${MODEL:-"d_model=512,layers=8,heads=8,mlp=1376,vocab=32000"}
+FEATURES=${FEATURES:-}
+POLICIES=${POLICIES:-"none dllm:100:7 dllm:25:5"}
+EXTRA=${EXTRA:-}
+
+cargo build --release --example bench_generate ${FEATURES:+--features $FEATURES} >&2
+out=$(mktemp)
+for p in $PROMPTS; do
+  for pol in $POLICIES; do
+    IFS=: read -r kind kp kr <<<"$pol"
+    args=(--random "$MODEL" --prompt-len "$p" --gen-len "$GEN" --steps "$STEPS" --block-len "$BLOCK" --repeat "$REPEAT" --json)
+    if [ "$kind" = none ]; then args+=(--policy none); else args+=(--policy dllm --kp "$kp" --kr "$kr" --rho 0.25); fi
+    echo "prompt $p, $pol" >&2
+    ./target/release/examples/bench_generate "${args[@]}" $EXTRA >>"$out"
+  done
+done
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = {r["prompt_len"]: r for r in rows if r["policy"] == "none"}
+print(f"machine: {rows[0]['threads']} threads, backend {rows[0]['backend']}, model {rows[0]['model']}, "
+      f"gen {rows[0]['gen_len']}, steps {rows[0]['steps']}, block {rows[0]['block_len']}")
+print()
+print("| prompt | policy | seconds | tokens/s | GFLOPs (paper) | GFLOPs (total) | FLOPs reduction (total) | wall-clock speedup | speedup / reduction |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    b = base[r["prompt_len"]]
+    red = b["flops"]["total"] / r["flops"]["total"]
+    sp = b["seconds"] / r["seconds"]
+    print(f"| {r['prompt_len']} | {r['policy']} | {r['seconds']:.2f} | {r['tokens_per_s']:.2f} | "
+          f"{r['flops']['paper']/1e9:.0f} | {r['flops']['total']/1e9:.0f} | {red:.2f}x | {sp:.2f}x | {sp/red:.2f} |")
+PY
+rm -f "$out"
