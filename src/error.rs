@@ -115,6 +115,10 @@ pub enum Error {
         vocab: usize,
     },
 
+    /// A tokenizer file is malformed, a chat template fails, or encoding/decoding fails.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+
     /// A cache policy asked for something the feature cache cannot do (for example, to reuse
     /// features that were never computed).
     #[error("cache policy error at layer {layer}: {reason}")]

@@ -52,8 +52,10 @@ mod denoiser;
 mod error;
 pub mod flops;
 pub mod model;
+pub mod pipeline;
 mod rng;
 pub mod sampler;
+pub mod tokenizer;
 
 pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache};
 pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext, StepInfo};
@@ -61,11 +63,13 @@ pub use error::{Error, Result};
 pub use flops::FlopCounter;
 pub use model::dream::{Dream, DreamConfig};
 pub use model::llada::{Llada, LladaConfig};
+pub use pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline};
 pub use rng::SplitMix64;
 pub use sampler::{
     Commit, DreamAlg, DreamSampler, DreamSamplerConfig, GenerationOutput, GenerationStats,
     LladaSampler, LladaSamplerConfig, Remasking, StepEvent,
 };
+pub use tokenizer::{ChatMessage, Tokenizer};
 
 /// Re-export of the burn version this crate is built on.
 pub use burn;

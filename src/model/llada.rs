@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
 use super::block::Backbone;
-use super::loader::{Checkpoint, LLADA_NAMES};
+use super::loader::{Checkpoint, LLADA_NAMES, SaveDtype};
 use super::{Arch, ArchNames};
 use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
 use crate::error::{Error, Result};
@@ -305,6 +305,41 @@ impl LladaConfig {
         ])
     }
 
+    /// The config as LLaDA's Hugging Face `config.json` (the fields its remote code needs).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LLaDAModelLM"],
+            "model_type": "llada",
+            "activation_type": "silu",
+            "alibi": false,
+            "attention_layer_norm": false,
+            "block_type": "llama",
+            "bos_token_id": self.bos_token_id,
+            "d_model": self.d_model,
+            "embedding_size": self.embedding_size,
+            "eos_token_id": self.eos_token_id,
+            "include_bias": false,
+            "include_qkv_bias": false,
+            "input_emb_norm": false,
+            "layer_norm_type": "rms",
+            "layer_norm_with_affine": true,
+            "mask_token_id": self.mask_token_id,
+            "max_sequence_length": self.max_sequence_length,
+            "mlp_hidden_size": self.mlp_hidden_size,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "n_layers": self.n_layers,
+            "pad_token_id": self.pad_token_id,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope": true,
+            "rope_full_precision": true,
+            "rope_theta": self.rope_theta,
+            "scale_logits": false,
+            "vocab_size": self.vocab_size,
+            "weight_tying": false,
+        })
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads.max(1)
@@ -399,6 +434,23 @@ impl Llada {
     /// The config.
     pub fn config(&self) -> &LladaConfig {
         &self.config
+    }
+
+    /// Writes the model as a Hugging Face LLaDA folder that [`from_dir`](Self::from_dir)
+    /// reads back: `config.json` and `model.safetensors` (official tensor names, PyTorch
+    /// layout) in `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Checkpoint`] if writing fails.
+    pub fn save_dir(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let config = serde_json::to_string_pretty(&self.config.to_hf_json())
+            .map_err(|e| Error::Backend(e.to_string()))?;
+        let path = dir.join("config.json");
+        std::fs::write(&path, config + "\n").map_err(|e| Error::io(&path, e))?;
+        let tensors = super::backbone_tensors(&self.backbone, LLADA_NAMES)?;
+        super::loader::write_safetensors(&dir.join("model.safetensors"), tensors, dtype)
     }
 
     /// Plain forward pass (no cache) returning the logits of every position and the hidden

@@ -15,6 +15,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 
 pub use block::Block;
+pub use loader::SaveDtype;
 
 /// Root-mean-square layer norm as LLaDA and Dream compute it: normalise in float32, cast back
 /// to the activation dtype, then scale by the weight in that dtype.
@@ -193,6 +194,55 @@ pub(crate) fn load_backbone(mut ckpt: Checkpoint, a: &Arch) -> Result<Backbone> 
         norm,
         head,
     })
+}
+
+/// Every weight of a [`Backbone`] under its checkpoint name (PyTorch layout), the inverse of
+/// [`load_backbone`].
+pub(crate) fn backbone_tensors(
+    b: &Backbone,
+    table: loader::NameTable,
+) -> Result<Vec<loader::NamedTensor>> {
+    let name = |role: Role, layer: usize| {
+        loader::name_of(table, role, layer)
+            .ok_or_else(|| Error::Backend(format!("no name for {role:?}")))
+    };
+    let mut out = Vec::new();
+    let mut push =
+        |n: String, (shape, values): (Vec<usize>, Vec<f32>)| out.push((n, shape, values));
+    push(
+        name(Role::Embedding, 0)?,
+        loader::tensor_values(b.embed.weight.val())?,
+    );
+    for (i, blk) in b.blocks.iter().enumerate() {
+        push(
+            name(Role::AttnNorm, i)?,
+            loader::tensor_values(blk.attn_norm.weight.val())?,
+        );
+        for (role, bias, lin) in [
+            (Role::Q, Role::QBias, &blk.q),
+            (Role::K, Role::KBias, &blk.k),
+            (Role::V, Role::VBias, &blk.v),
+        ] {
+            push(name(role, i)?, loader::linear_values(lin)?);
+            if let Some(bias_param) = &lin.bias {
+                push(name(bias, i)?, loader::tensor_values(bias_param.val())?);
+            }
+        }
+        push(name(Role::O, i)?, loader::linear_values(&blk.o)?);
+        push(
+            name(Role::FfnNorm, i)?,
+            loader::tensor_values(blk.ffn_norm.weight.val())?,
+        );
+        push(name(Role::Gate, i)?, loader::linear_values(&blk.gate)?);
+        push(name(Role::Up, i)?, loader::linear_values(&blk.up)?);
+        push(name(Role::Down, i)?, loader::linear_values(&blk.down)?);
+    }
+    push(
+        name(Role::FinalNorm, 0)?,
+        loader::tensor_values(b.norm.weight.val())?,
+    );
+    push(name(Role::LmHead, 0)?, loader::linear_values(&b.head)?);
+    Ok(out)
 }
 
 /// Seeded random weights: linear weights `N(0, 1/d_in)`, embeddings `N(0, 1)`, norm weights 1,

@@ -1,0 +1,291 @@
+//! Train the embedded tiny LLaDA-architecture model from scratch, in Rust, with the masked
+//! diffusion objective of LLaDA's supervised fine-tuning.
+//!
+//! ```text
+//! cargo run --release --features train --example train_tiny -- --out models/tiny-llada
+//! ```
+//!
+//! The task (see `examples/shared/tiny_task.rs`): a prompt lists 10 `key=value;` entries and
+//! asks for one key; the answer is its 4- to 6-digit value padded with EOS to 8 tokens.
+//! Objective: prompt tokens are never masked; each response token is masked with probability
+//! `t ~ U(eps, 1]` (one `t` per sequence); cross-entropy on the masked positions, weighted by
+//! `1/t`, averaged over the response positions of the batch. Seeded and reproducible.
+//!
+//! Writes `config.json`, `model.safetensors`, the tokenizer files and a model card into
+//! `--out`. With the `cuda` feature and `--cuda` it trains on the GPU.
+
+#[path = "shared/tiny_task.rs"]
+mod tiny_task;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use dllm_cache::burn::module::Module;
+use dllm_cache::burn::optim::grad_clipping::GradientClippingConfig;
+use dllm_cache::burn::optim::{AdamWConfig, GradientsParams};
+use dllm_cache::burn::tensor::activation::log_softmax;
+use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
+use dllm_cache::model::SaveDtype;
+use dllm_cache::{
+    Denoiser, FeatureCache, FlopCounter, Llada, LladaConfig, LladaSamplerConfig, NoCache,
+    SplitMix64, StepContext, StepInfo,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tiny_task::*;
+
+#[derive(Parser, Debug)]
+#[command(about = "Train the embedded tiny dLLM")]
+struct Args {
+    /// Output folder (Hugging Face layout).
+    #[arg(long, default_value = "models/tiny-llada")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 150)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 384)]
+    mlp: usize,
+    /// Lower bound of the masking rate t.
+    #[arg(long, default_value_t = 1e-3)]
+    eps: f64,
+    /// Evaluate exact-match accuracy on held-out problems every this many steps.
+    #[arg(long, default_value_t = 500)]
+    eval_every: usize,
+    /// Train on CUDA device 0 (needs the `cuda` feature).
+    #[arg(long)]
+    cuda: bool,
+}
+
+fn device(cuda: bool) -> Device {
+    #[cfg(feature = "cuda")]
+    if cuda {
+        return Device::cuda(0);
+    }
+    assert!(!cuda, "--cuda needs the `cuda` feature");
+    Device::flex()
+}
+
+fn config(a: &Args) -> LladaConfig {
+    let mut c = LladaConfig::with_sizes(a.d_model, a.layers, a.heads, a.mlp, vocab_size());
+    c.mask_token_id = special_id(MASK);
+    c.eos_token_id = special_id(EOS);
+    c.pad_token_id = special_id(EOS);
+    c.bos_token_id = Some(special_id(BOS));
+    c.max_sequence_length = 512;
+    c
+}
+
+/// One training batch: left-padded prompts, partly masked responses, targets and weights.
+struct Batch {
+    tokens: Tensor<2, Int>,
+    pads: Vec<usize>,
+    prompt_len: usize,
+    targets: Tensor<2, Int>,
+    weights: Tensor<2>,
+}
+
+fn batch(rng: &mut SplitMix64, size: usize, eps: f64, device: &Device) -> Batch {
+    let problems: Vec<Problem> = (0..size).map(|_| next_problem(rng, false)).collect();
+    let prompts: Vec<Vec<u32>> = problems.iter().map(|p| encode_prompt(&p.prompt)).collect();
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let (mut ids, mut targets, mut weights, mut pads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (prompt, problem) in prompts.iter().zip(&problems) {
+        let pad = p - prompt.len();
+        pads.push(pad);
+        ids.extend(std::iter::repeat_n(special_id(EOS) as i64, pad));
+        ids.extend(prompt.iter().map(|&t| t as i64));
+        let answer = encode_answer(&problem.answer);
+        let t = eps + (1.0 - eps) * rng.uniform();
+        for &tok in &answer {
+            let masked = rng.uniform() < t;
+            ids.push(if masked {
+                special_id(MASK) as i64
+            } else {
+                tok as i64
+            });
+            targets.push(tok as i64);
+            weights.push(if masked { (1.0 / t) as f32 } else { 0.0 });
+        }
+    }
+    Batch {
+        tokens: Tensor::from_data(TensorData::new(ids, [size, p + GEN_LENGTH]), device),
+        pads,
+        prompt_len: p,
+        targets: Tensor::from_data(TensorData::new(targets, [size, GEN_LENGTH]), device),
+        weights: Tensor::from_data(TensorData::new(weights, [size, GEN_LENGTH]), device),
+    }
+}
+
+fn loss(model: &Llada, b: &Batch) -> dllm_cache::Result<Tensor<1>> {
+    let [size, _] = b.targets.dims();
+    let mut policy = NoCache;
+    let mut cache = FeatureCache::new();
+    let mut flops = FlopCounter::new();
+    let info = StepInfo {
+        index: 0,
+        prompt_len: b.prompt_len,
+        response_len: GEN_LENGTH,
+    };
+    let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops)
+        .with_logit_rows(b.prompt_len..b.prompt_len + GEN_LENGTH)
+        .with_left_padding(&b.pads);
+    let logits = model.forward(b.tokens.clone(), &mut ctx)?;
+    let logp = log_softmax(logits, 2)
+        .gather(2, b.targets.clone().unsqueeze_dim(2))
+        .squeeze_dim::<2>(2);
+    Ok((logp * b.weights.clone()).sum().neg() / (size * GEN_LENGTH) as f64)
+}
+
+/// Exact-match accuracy on `n` held-out problems (greedy, one token per step, no cache).
+fn accuracy(model: &Llada, n: usize) -> dllm_cache::Result<f64> {
+    let sampler = LladaSamplerConfig::new()
+        .with_steps(GEN_LENGTH)
+        .with_gen_length(GEN_LENGTH)
+        .with_block_length(GEN_LENGTH)
+        .init()?;
+    let mut rng = SplitMix64::new(0xe7a1);
+    let mut correct = 0;
+    for _ in 0..n {
+        let p = next_problem(&mut rng, true);
+        let out = sampler.generate(model, &[encode_prompt(&p.prompt)], &mut NoCache)?;
+        correct += usize::from(decode_answer(out.response(0)) == p.answer);
+    }
+    Ok(correct as f64 / n as f64)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let device = device(a.cuda).autodiff();
+    let config = config(&a);
+    let mut model = Llada::random(config.clone(), a.seed, &device)?;
+    println!(
+        "training {} parameters ({} layers, d_model {}) for {} steps of {} problems",
+        config.num_params(),
+        a.layers,
+        a.d_model,
+        a.steps,
+        a.batch
+    );
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let mut rng = SplitMix64::new(a.seed ^ 0x7261_696e);
+    let bar = ProgressBar::new(a.steps as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}",
+    )?);
+    let started = Instant::now();
+    let mut smoothed = None::<f64>;
+    let mut history = Vec::new();
+    for step in 0..a.steps {
+        let lr = if step < a.warmup {
+            a.lr * (step + 1) as f64 / a.warmup as f64
+        } else {
+            let progress = (step - a.warmup) as f64 / (a.steps - a.warmup).max(1) as f64;
+            a.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+        };
+        let b = batch(&mut rng, a.batch, a.eps, &device);
+        let l = loss(&model, &b)?;
+        let value = l.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(lr, model, grads);
+        smoothed = Some(smoothed.map_or(value, |s| 0.98 * s + 0.02 * value));
+        bar.set_message(format!("loss {:.4} lr {lr:.2e}", smoothed.unwrap_or(value)));
+        bar.inc(1);
+        if bar.is_hidden() && (step + 1) % 50 == 0 {
+            // Not a terminal (a log file): progress as plain lines.
+            println!(
+                "step {:>5}/{}: loss {:.4}, lr {lr:.2e}, {:.0}s",
+                step + 1,
+                a.steps,
+                smoothed.unwrap_or(value),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if (step + 1) % a.eval_every == 0 || step + 1 == a.steps {
+            let acc = accuracy(&model.valid(), 64)?;
+            let line = format!(
+                "step {:>5}: loss {:.4}, held-out exact match {:.1}% (64 problems), {:.0}s",
+                step + 1,
+                smoothed.unwrap_or(value),
+                100.0 * acc,
+                started.elapsed().as_secs_f64()
+            );
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+            history.push((step + 1, smoothed.unwrap_or(value), acc));
+        }
+    }
+    bar.finish();
+    let model = model.valid();
+    let accuracy_500 = accuracy(&model, 500)?;
+    std::fs::create_dir_all(&a.out)?;
+    model.save_dir(&a.out, SaveDtype::F32)?;
+    write_tokenizer(&a.out)?;
+    let (_, final_loss, _) = history.last().copied().unwrap_or((0, f64::NAN, 0.0));
+    let card = format!(
+        "# tiny-llada\n\n\
+         A {params}-parameter model of the LLaDA architecture ({layers} layers, d_model {d}, {heads} heads, \
+         SwiGLU {mlp}, character vocabulary of {vocab}), trained from scratch by this crate with the masked \
+         diffusion objective of LLaDA's supervised fine-tuning. It exists so that the examples show real answers \
+         and the cache's effect on answer quality can be measured; it knows nothing else.\n\n\
+         **Task.** The prompt lists 10 `key=value;` entries (distinct lowercase keys, 4- to 6-digit values) and \
+         asks `?k=` for one key; the answer is that value, then EOS up to 8 tokens. Exact match. Held-out \
+         problems (prompt hash = 0 mod 10) are never trained on.\n\n\
+         **Training.** `cargo run --release --features train --example train_tiny -- --out {out} --steps {steps} \
+         --batch {batch} --lr {lr} --seed {seed}`: AdamW (weight decay 0.01, clip 1.0), {warmup} warm-up steps, \
+         cosine decay, {secs:.0} s on {device}.\n\n\
+         **Result.** Final smoothed loss {final_loss:.4}; exact match on 500 held-out problems (greedy, 8 steps, \
+         no cache): {acc:.1}%. `cargo run --release --example eval_tiny` measures it with and without the cache.\n\n\
+         Training curve (step, smoothed loss, exact match on 64 held-out problems):\n\n{curve}\n",
+        params = config.num_params(),
+        layers = a.layers,
+        d = a.d_model,
+        heads = a.heads,
+        mlp = a.mlp,
+        vocab = vocab_size(),
+        out = a.out.display(),
+        steps = a.steps,
+        batch = a.batch,
+        lr = a.lr,
+        seed = a.seed,
+        warmup = a.warmup,
+        secs = started.elapsed().as_secs_f64(),
+        device = if a.cuda {
+            "CUDA"
+        } else {
+            "2 CPU cores (flex backend)"
+        },
+        acc = 100.0 * accuracy_500,
+        curve = history
+            .iter()
+            .map(|(s, l, acc)| format!("| {s} | {l:.4} | {:.1}% |", 100.0 * acc))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    std::fs::write(a.out.join("README.md"), card)?;
+    println!(
+        "saved to {}; held-out exact match {:.1}% (500 problems)",
+        a.out.display(),
+        100.0 * accuracy_500
+    );
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! From a Hugging Face folder to text: model, tokenizer and sampler behind one call.
+//!
+//! ```no_run
+//! use dllm_cache::burn::tensor::Device;
+//! use dllm_cache::pipeline::{GenerateOptions, Pipeline};
+//! use dllm_cache::tokenizer::ChatMessage;
+//!
+//! # fn main() -> dllm_cache::Result<()> {
+//! let pipeline = Pipeline::from_dir("LLaDA-8B-Instruct", &Device::flex())?;
+//! let options = GenerateOptions::default(); // dLLM-Cache on, paper defaults
+//! let reply = pipeline.chat(&[ChatMessage::user("What is 7 * 8?")], &options)?;
+//! println!("{} ({:.1} tokens/s)", reply.text, reply.stats.tokens_per_second);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Duration;
+
+use burn::tensor::Device;
+
+use crate::cache::{CachePolicy, DllmCacheConfig, NoCache};
+use crate::denoiser::Denoiser;
+use crate::error::{Error, Result};
+use crate::flops::{self, FlopCounter, HeadRows, ModelShape, Sampling};
+use crate::model::dream::Dream;
+use crate::model::llada::Llada;
+use crate::sampler::{DreamAlg, DreamSamplerConfig, GenerationOutput, LladaSamplerConfig};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// A loaded model of either family.
+#[derive(Debug)]
+pub enum Model {
+    /// LLaDA.
+    Llada(Llada),
+    /// Dream.
+    Dream(Dream),
+}
+
+impl Model {
+    /// Loads a Hugging Face folder, choosing the architecture from `config.json`'s
+    /// `model_type` (`llada` or `Dream`, case-insensitive).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for another `model_type`; loading errors as
+    /// [`Llada::from_dir`].
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: Some(path.clone()),
+            reason: e.to_string(),
+        })?;
+        match json.get("model_type").and_then(|v| v.as_str()) {
+            Some(t) if t.eq_ignore_ascii_case("llada") => {
+                Ok(Model::Llada(Llada::from_dir(dir, device)?))
+            }
+            Some(t) if t.eq_ignore_ascii_case("dream") => {
+                Ok(Model::Dream(Dream::from_dir(dir, device)?))
+            }
+            other => Err(Error::Unsupported {
+                field: "model_type".into(),
+                reason: format!("{other:?} (supported: llada, Dream)"),
+            }),
+        }
+    }
+
+    /// The model as a [`Denoiser`].
+    pub fn denoiser(&self) -> &dyn Denoiser {
+        match self {
+            Model::Llada(m) => m,
+            Model::Dream(m) => m,
+        }
+    }
+
+    fn shape(&self) -> ModelShape {
+        match self {
+            Model::Llada(m) => m.config().into(),
+            Model::Dream(m) => m.config().into(),
+        }
+    }
+}
+
+/// Which cache policy a generation runs under.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheChoice {
+    /// No caching.
+    None,
+    /// dLLM-Cache with these settings.
+    Dllm(DllmCacheConfig),
+}
+
+/// Settings of one generation. `Default` gives 128 tokens in 128 greedy steps under
+/// dLLM-Cache with the paper's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Response length in tokens (the response is trimmed at the first EOS or end-of-turn).
+    pub max_new_tokens: usize,
+    /// Denoising steps; `None` means one per token.
+    pub steps: Option<usize>,
+    /// LLaDA block length; `None` means 32 when it divides `max_new_tokens`, else one block.
+    pub block_length: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    pub temperature: f64,
+    /// Dream: nucleus filtering.
+    pub top_p: Option<f64>,
+    /// Dream: top-k filtering.
+    pub top_k: Option<usize>,
+    /// Dream: position selection rule.
+    pub alg: DreamAlg,
+    /// LLaDA: classifier-free guidance scale.
+    pub cfg_scale: f64,
+    /// The cache policy.
+    pub cache: CacheChoice,
+    /// Seed for every random draw.
+    pub seed: u64,
+    /// Stop as soon as the committed prefix of the response reaches EOS or end-of-turn (the
+    /// tokens after it would be trimmed anyway).
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            steps: None,
+            block_length: None,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            alg: DreamAlg::Entropy,
+            cfg_scale: 0.0,
+            cache: CacheChoice::Dllm(DllmCacheConfig::new()),
+            seed: 0,
+            stop_at_eos: true,
+        }
+    }
+}
+
+/// What a generation cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionStats {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Response tokens kept (before the stop token).
+    pub completion_tokens: usize,
+    /// Positions generated (the response length asked for).
+    pub generated_positions: usize,
+    /// Denoising steps run.
+    pub steps: usize,
+    /// FLOPs executed.
+    pub flops: FlopCounter,
+    /// Total FLOPs the same steps would have cost without a cache, minus those executed.
+    pub flops_saved: u64,
+    /// Largest feature-cache size, bytes.
+    pub cache_bytes: usize,
+    /// Wall-clock time of the generation.
+    pub wall_time: Duration,
+    /// Generated positions per second.
+    pub tokens_per_second: f64,
+    /// Whether the generation ended early at EOS / end-of-turn.
+    pub stopped_at_eos: bool,
+}
+
+/// A generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The text, cut before the first EOS / end-of-turn.
+    pub text: String,
+    /// Its token ids.
+    pub tokens: Vec<u32>,
+    /// Costs.
+    pub stats: CompletionStats,
+}
+
+/// Model + tokenizer + samplers. See the [module docs](self).
+#[derive(Debug)]
+pub struct Pipeline {
+    model: Model,
+    tokenizer: Tokenizer,
+    defaults: GenerateOptions,
+}
+
+impl Pipeline {
+    /// Loads model, tokenizer and generation defaults (`generation_config.json`) from a Hugging
+    /// Face folder.
+    ///
+    /// # Errors
+    /// As [`Model::from_dir`] and [`Tokenizer::from_dir`].
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let model = Model::from_dir(dir, device)?;
+        let defaults = defaults_from(dir.join("generation_config.json"))?;
+        Ok(Self::new(model, tokenizer).with_defaults(defaults))
+    }
+
+    /// A pipeline from loaded parts.
+    pub fn new(model: Model, tokenizer: Tokenizer) -> Self {
+        Self {
+            model,
+            tokenizer,
+            defaults: GenerateOptions::default(),
+        }
+    }
+
+    fn with_defaults(mut self, defaults: GenerateOptions) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// The options `generation_config.json` suggests (else [`GenerateOptions::default`]).
+    pub fn default_options(&self) -> &GenerateOptions {
+        &self.defaults
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Continues `prompt` (tokenized with the tokenizer's special tokens, e.g. a BOS).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty prompt or invalid options, tokenizer and
+    /// generation errors.
+    pub fn complete(&self, prompt: &str, options: &GenerateOptions) -> Result<Completion> {
+        self.complete_stream(prompt, options, &mut |_| ControlFlow::Continue(()))
+    }
+
+    /// Answers the last message of a conversation, rendered with the chat template.
+    ///
+    /// # Errors
+    /// As [`complete`](Self::complete), and [`Error::Tokenizer`] if the template is missing or
+    /// fails.
+    pub fn chat(&self, messages: &[ChatMessage], options: &GenerateOptions) -> Result<Completion> {
+        self.chat_stream(messages, options, &mut |_| ControlFlow::Continue(()))
+    }
+
+    /// As [`complete`](Self::complete), calling `on_text` with each newly final piece of text;
+    /// returning [`ControlFlow::Break`] stops the generation.
+    ///
+    /// # Errors
+    /// As [`complete`](Self::complete).
+    pub fn complete_stream(
+        &self,
+        prompt: &str,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion> {
+        let ids = self.tokenizer.encode(prompt, true)?;
+        self.generate_ids(&ids, options, on_text)
+    }
+
+    /// As [`chat`](Self::chat), streaming like [`complete_stream`](Self::complete_stream).
+    ///
+    /// # Errors
+    /// As [`chat`](Self::chat).
+    pub fn chat_stream(
+        &self,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion> {
+        let text = self.tokenizer.apply_chat_template(messages, true)?;
+        let ids = self.tokenizer.encode(&text, false)?;
+        self.generate_ids(&ids, options, on_text)
+    }
+
+    /// Tokens that end a response: the model's EOS, the tokenizer's EOS ids and end-of-turn.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let t = self.tokenizer.specials();
+        let mut stop = t.eos.clone();
+        stop.push(self.model.denoiser().special_tokens().eos);
+        stop.extend(t.end_of_turn);
+        stop.sort_unstable();
+        stop.dedup();
+        stop
+    }
+
+    /// Generates after already tokenized prompt ids, streaming text.
+    ///
+    /// # Errors
+    /// As [`complete`](Self::complete).
+    pub fn generate_ids(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt is empty"));
+        }
+        let o = options;
+        let denoiser = self.model.denoiser();
+        let mask = denoiser.special_tokens().mask;
+        let stop = self.stop_tokens();
+        let g = o.max_new_tokens;
+        let steps = o.steps.unwrap_or(g);
+        let mut policy: Box<dyn CachePolicy> = match &o.cache {
+            CacheChoice::None => Box::new(NoCache),
+            CacheChoice::Dllm(c) => Box::new(c.init()?),
+        };
+        let sampling = match &self.model {
+            Model::Llada(_) => {
+                let block = o
+                    .block_length
+                    .unwrap_or(if g.is_multiple_of(32) { 32 } else { g });
+                Sampling::Llada(
+                    LladaSamplerConfig::new()
+                        .with_steps(steps)
+                        .with_gen_length(g)
+                        .with_block_length(block)
+                        .with_temperature(o.temperature)
+                        .with_cfg_scale(o.cfg_scale)
+                        .with_logits_eos_inf(false)
+                        .with_seed(o.seed),
+                )
+            }
+            Model::Dream(_) => Sampling::Dream(
+                DreamSamplerConfig::new()
+                    .with_steps(steps)
+                    .with_max_new_tokens(g)
+                    .with_alg(o.alg)
+                    .with_temperature(o.temperature)
+                    .with_top_p(o.top_p)
+                    .with_top_k(o.top_k)
+                    .with_seed(o.seed),
+            ),
+        };
+        let mut decoder = self.tokenizer.incremental_decoder(mask, stop.clone());
+        let mut stream_err = None;
+        let mut stopped_at_eos = false;
+        let prompts = [prompt.to_vec()];
+        let mut on_step = |event: &crate::sampler::StepEvent<'_>| {
+            let response = &event.sequences[0][event.prompt_len..];
+            match decoder.push(response) {
+                Ok(piece) if !piece.is_empty() => {
+                    if on_text(&piece).is_break() {
+                        return ControlFlow::Break(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    stream_err = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            let prefix_end = response
+                .iter()
+                .position(|&t| t == mask)
+                .unwrap_or(response.len());
+            if o.stop_at_eos && response[..prefix_end].iter().any(|t| stop.contains(t)) {
+                stopped_at_eos = event.step + 1 < event.total_steps;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        let out: GenerationOutput = match (&self.model, &sampling) {
+            (Model::Llada(m), Sampling::Llada(c)) => {
+                c.init()?
+                    .generate_with(m, &prompts, policy.as_mut(), &mut on_step)?
+            }
+            (Model::Dream(m), Sampling::Dream(c)) => {
+                c.init()?
+                    .generate_with(m, &prompts, policy.as_mut(), &mut on_step)?
+            }
+            _ => unreachable!("sampling is built from the model kind above"),
+        };
+        if let Some(e) = stream_err {
+            return Err(e);
+        }
+        let response = out.response(0);
+        let keep = response
+            .iter()
+            .position(|t| stop.contains(t) || *t == mask)
+            .unwrap_or(response.len());
+        let tokens = response[..keep].to_vec();
+        let text = self.tokenizer.decode(&tokens, true)?;
+        let s = &out.stats;
+        let uncached = flops::estimate(
+            &self.model.shape(),
+            &sampling,
+            None,
+            prompt.len(),
+            1,
+            HeadRows::AsRun,
+        )?;
+        let uncached_run =
+            uncached.total() as f64 * s.forwards.max(1) as f64 / uncached.forwards.max(1) as f64;
+        Ok(Completion {
+            text,
+            stats: CompletionStats {
+                prompt_tokens: prompt.len(),
+                completion_tokens: tokens.len(),
+                generated_positions: g,
+                steps: s.steps,
+                flops: s.flops,
+                flops_saved: (uncached_run as u64).saturating_sub(s.flops.total()),
+                cache_bytes: s.peak_cache_bytes,
+                wall_time: s.wall_time,
+                tokens_per_second: s.tokens_per_second(g),
+                stopped_at_eos,
+            },
+            tokens,
+        })
+    }
+}
+
+/// Generation defaults from a `generation_config.json` (fields this crate understands).
+fn defaults_from(path: impl AsRef<Path>) -> Result<GenerateOptions> {
+    let path = path.as_ref();
+    let mut o = GenerateOptions::default();
+    if !path.is_file() {
+        return Ok(o);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: Some(path.to_path_buf()),
+        reason: e.to_string(),
+    })?;
+    let num = |k: &str| json.get(k).and_then(|v| v.as_f64());
+    let int = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    if let Some(t) = num("temperature") {
+        o.temperature = t;
+    }
+    o.top_p = num("top_p").or(o.top_p);
+    o.top_k = int("top_k").or(o.top_k);
+    if let Some(n) = int("max_new_tokens") {
+        o.max_new_tokens = n;
+    }
+    o.steps = int("steps").or(o.steps);
+    if let Some(alg) = json.get("alg").and_then(|v| v.as_str()) {
+        o.alg = alg.parse()?;
+    }
+    Ok(o)
+}
