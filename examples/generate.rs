@@ -1,163 +1,205 @@
-//! Generate with a LLaDA model, with and without dLLM-Cache, and compare.
+//! Generate text with a LLaDA or Dream model, with or without dLLM-Cache.
 //!
 //! ```text
-//! cargo run --release --example generate
-//! cargo run --release --example generate -- --model DIR --prompt-tokens 1,2,3 --gen-len 64 \
-//!     --steps 64 --block-len 16 --policy dllm --kp 100 --kr 7 --rho 0.25
+//! cargo run --release --example generate -- --compare
+//! cargo run --release --example generate -- --model path/to/LLaDA-8B-Instruct --chat \
+//!     --prompt "What is 12 * 7?" --gen-len 128 --block-len 32 --stream
 //! ```
 //!
-//! Without `--model` it runs the tiny random-weight LLaDA of the test fixtures (its tokens are
-//! meaningless; it shows the machinery). `--policy compare` (the default) runs the uncached and
-//! the cached generation and prints both outputs, their agreement, the FLOPs reduction and the
-//! wall-clock speedup.
+//! Without `--model` it uses the tiny model shipped in `models/tiny-llada` (trained by
+//! `examples/train_tiny.rs` to look up a key in a table), with one of its held-out problems as
+//! the prompt. `--compare` runs the generation without and with the cache and prints both
+//! answers, their agreement, the FLOPs reduction and the wall-clock speedup.
 
+use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use dllm_cache::burn::tensor::Device;
-use dllm_cache::{
-    CachePolicy, DllmCacheConfig, GenerationOutput, Llada, LladaSamplerConfig, NoCache,
-};
+use dllm_cache::pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline};
+use dllm_cache::{ChatMessage, DllmCacheConfig, DreamAlg};
+use indicatif::{ProgressBar, ProgressStyle};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[path = "shared/tiny_task.rs"]
+mod tiny_task;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
 enum Policy {
     /// No caching.
     None,
     /// dLLM-Cache.
     Dllm,
-    /// Both, side by side.
-    Compare,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Alg {
+    Origin,
+    MaskgitPlus,
+    TopkMargin,
+    Entropy,
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Generate with LLaDA, with and without dLLM-Cache")]
+#[command(about = "Generate with a diffusion LLM, with or without dLLM-Cache")]
 struct Args {
-    /// Hugging Face model folder (config.json + model.safetensors). Default: the test fixture.
+    /// Hugging Face model folder (LLaDA or Dream). Default: models/tiny-llada.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Prompt token ids, comma-separated. Default: a fixed 32-token synthetic prompt.
-    #[arg(long, value_delimiter = ',')]
-    prompt_tokens: Option<Vec<u32>>,
-    /// Response length.
-    #[arg(long, default_value_t = 64)]
-    gen_len: usize,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 64)]
-    steps: usize,
-    /// Semi-autoregressive block length.
-    #[arg(long, default_value_t = 16)]
-    block_len: usize,
+    /// The prompt. Default: a problem of the tiny model's task.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Render the prompt as a user message with the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Response length in tokens. Default: the folder's generation_config.json, else 128.
+    #[arg(long)]
+    gen_len: Option<usize>,
+    /// Denoising steps (default: the folder's generation_config.json, else one per token).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// LLaDA block length (default: 32 when it divides the length, else one block).
+    #[arg(long)]
+    block_len: Option<usize>,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
-    /// Classifier-free guidance scale.
+    /// Dream position rule.
+    #[arg(long, value_enum, default_value_t = Alg::Entropy)]
+    alg: Alg,
+    /// LLaDA classifier-free guidance scale.
     #[arg(long, default_value_t = 0.0)]
     cfg_scale: f64,
-    /// Seed for temperature sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Cache policy.
-    #[arg(long, value_enum, default_value_t = Policy::Compare)]
+    /// Cache policy of a single run.
+    #[arg(long, value_enum, default_value_t = Policy::Dllm)]
     policy: Policy,
+    /// Run without and with the cache and compare.
+    #[arg(long)]
+    compare: bool,
     /// dLLM-Cache prompt refresh interval K_p.
     #[arg(long, default_value_t = 100)]
     kp: usize,
     /// dLLM-Cache response refresh interval K_r.
     #[arg(long, default_value_t = 7)]
     kr: usize,
-    /// dLLM-Cache V-verify refresh ratio rho.
+    /// dLLM-Cache V-verify ratio rho.
     #[arg(long, default_value_t = 0.25)]
     rho: f64,
+    /// Print text as it becomes final.
+    #[arg(long)]
+    stream: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+    let a = Args::parse();
+    let default_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada");
+    let dir = a.model.clone().unwrap_or(default_model);
     let device = Device::flex();
-    let dir = args.model.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/llada")
-    });
-    let t = Instant::now();
-    let model = Llada::from_dir(&dir, &device)?;
-    let cfg = model.config();
-    println!(
-        "model: {} ({} layers, d_model {}, {:.1}M parameters), loaded in {:.2}s",
-        dir.display(),
-        cfg.n_layers,
-        cfg.d_model,
-        cfg.num_params() as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
-    let vocab = cfg.vocab_size as u32;
-    let mask = cfg.mask_token_id;
-    let prompt = args.prompt_tokens.clone().unwrap_or_else(|| {
-        (0..32u32)
-            .map(|i| (i * 37 + 11) % vocab)
-            .map(|t| if t == mask { t - 1 } else { t })
-            .collect()
-    });
-    let sampler = LladaSamplerConfig::new()
-        .with_steps(args.steps)
-        .with_gen_length(args.gen_len)
-        .with_block_length(args.block_len)
-        .with_temperature(args.temperature)
-        .with_cfg_scale(args.cfg_scale)
-        .with_seed(args.seed)
-        .init()?;
+    let pipeline = Pipeline::from_dir(&dir, &device)?;
+    // The default prompt: a held-out problem of the tiny model's task (never trained on).
+    let problem = tiny_task::next_problem(&mut dllm_cache::SplitMix64::new(a.seed), true);
+    let prompt = a.prompt.clone().unwrap_or_else(|| problem.prompt.clone());
+    println!("model:  {}", dir.display());
+    println!("prompt: {prompt}");
+    if a.prompt.is_none() {
+        println!("expected answer: {}", problem.answer);
+    }
     let dllm = DllmCacheConfig::new()
-        .with_prompt_interval(args.kp)
-        .with_response_interval(args.kr)
-        .with_refresh_ratio(args.rho)
-        .init()?;
-    println!(
-        "prompt: {} tokens; generating {} tokens in {} steps (blocks of {})",
-        prompt.len(),
-        args.gen_len,
-        args.steps,
-        args.block_len
-    );
-
-    let run = |policy: &mut dyn CachePolicy| -> Result<GenerationOutput, dllm_cache::Error> {
-        let out = sampler.generate(&model, std::slice::from_ref(&prompt), policy)?;
-        let s = &out.stats;
-        println!(
-            "[{}] {:.3}s, {:.1} tokens/s, {:.3} GFLOPs (paper convention) / {:.3} GFLOPs (total), peak cache {:.1} KiB",
-            policy.name(),
-            s.wall_time.as_secs_f64(),
-            s.tokens_per_second(args.gen_len),
-            s.flops.paper() as f64 / 1e9,
-            s.flops.total() as f64 / 1e9,
-            s.peak_cache_bytes as f64 / 1024.0
+        .with_prompt_interval(a.kp)
+        .with_response_interval(a.kr)
+        .with_refresh_ratio(a.rho);
+    let base = GenerateOptions {
+        max_new_tokens: a
+            .gen_len
+            .unwrap_or(pipeline.default_options().max_new_tokens),
+        steps: a.steps.or(pipeline.default_options().steps),
+        block_length: a.block_len,
+        temperature: a.temperature,
+        alg: match a.alg {
+            Alg::Origin => DreamAlg::Origin,
+            Alg::MaskgitPlus => DreamAlg::MaskgitPlus,
+            Alg::TopkMargin => DreamAlg::TopkMargin,
+            Alg::Entropy => DreamAlg::Entropy,
+        },
+        cfg_scale: a.cfg_scale,
+        seed: a.seed,
+        ..pipeline.default_options().clone()
+    };
+    let run = |cache: CacheChoice, label: &str| -> Result<Completion, dllm_cache::Error> {
+        let options = GenerateOptions {
+            cache,
+            ..base.clone()
+        };
+        let bar = ProgressBar::new(options.steps.unwrap_or(options.max_new_tokens) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix} [{bar:30}] step {pos}/{len} {elapsed}")
+                .expect("valid template"),
         );
-        println!("  tokens: {:?}", out.response(0));
+        bar.set_prefix(label.to_string());
+        let mut on_step = |event: &dllm_cache::StreamEvent<'_>| {
+            bar.set_position(event.step as u64 + 1);
+            if a.stream && !event.text.is_empty() {
+                bar.suspend(|| {
+                    print!("{}", event.text);
+                    let _ = std::io::stdout().flush();
+                });
+            }
+            ControlFlow::Continue(())
+        };
+        let out = if a.chat {
+            pipeline.chat_stream(&[ChatMessage::user(prompt.clone())], &options, &mut on_step)?
+        } else {
+            pipeline.complete_stream(&prompt, &options, &mut on_step)?
+        };
+        bar.finish_and_clear();
+        if a.stream {
+            println!();
+        }
+        let s = &out.stats;
+        println!("[{label}] {:?}", out.text);
+        println!(
+            "  {} tokens in {} steps, {:.3}s, {:.1} tokens/s; {:.3} GFLOPs executed, {:.3} GFLOPs saved; cache {:.1} KiB",
+            s.completion_tokens,
+            s.steps,
+            s.wall_time.as_secs_f64(),
+            s.tokens_per_second,
+            s.flops.total() as f64 / 1e9,
+            s.flops_saved as f64 / 1e9,
+            s.cache_bytes as f64 / 1024.0
+        );
         Ok(out)
     };
-    match args.policy {
-        Policy::None => {
-            run(&mut NoCache)?;
-        }
-        Policy::Dllm => {
-            run(&mut dllm.clone())?;
-        }
-        Policy::Compare => {
-            // One untimed warm-up so that neither run pays first-call costs.
-            sampler.generate(&model, std::slice::from_ref(&prompt), &mut NoCache)?;
-            let plain = run(&mut NoCache)?;
-            let cached = run(&mut dllm.clone())?;
-            let agree = plain
-                .response(0)
-                .iter()
-                .zip(cached.response(0))
-                .filter(|(a, b)| a == b)
-                .count();
-            println!(
-                "agreement: {agree}/{} tokens; FLOPs reduction {:.2}x (paper convention), {:.2}x (total); wall-clock speedup {:.2}x",
-                args.gen_len,
-                plain.stats.flops.paper() as f64 / cached.stats.flops.paper() as f64,
-                plain.stats.flops.total() as f64 / cached.stats.flops.total() as f64,
-                plain.stats.wall_time.as_secs_f64() / cached.stats.wall_time.as_secs_f64()
-            );
-        }
+    if a.compare {
+        // An untimed warm-up so that neither timed run pays first-call costs.
+        pipeline.complete(
+            &prompt,
+            &GenerateOptions {
+                cache: CacheChoice::None,
+                ..base.clone()
+            },
+        )?;
+        let plain = run(CacheChoice::None, "no cache")?;
+        let cached = run(CacheChoice::Dllm(dllm.clone()), "dLLM-Cache")?;
+        let agree = plain
+            .tokens
+            .iter()
+            .zip(&cached.tokens)
+            .filter(|(x, y)| x == y)
+            .count();
+        println!(
+            "agreement {agree}/{} tokens; FLOPs reduction {:.2}x; wall-clock speedup {:.2}x",
+            plain.tokens.len().max(cached.tokens.len()),
+            plain.stats.flops.total() as f64 / cached.stats.flops.total().max(1) as f64,
+            plain.stats.wall_time.as_secs_f64() / cached.stats.wall_time.as_secs_f64().max(1e-9)
+        );
+    } else {
+        let out = match a.policy {
+            Policy::None => run(CacheChoice::None, "no cache")?,
+            Policy::Dllm => run(CacheChoice::Dllm(dllm), "dLLM-Cache")?,
+        };
+        println!("{:.1} tokens/s", out.stats.tokens_per_second);
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ pub use error::{Error, Result};
 pub use flops::FlopCounter;
 pub use model::dream::{Dream, DreamConfig};
 pub use model::llada::{Llada, LladaConfig};
-pub use pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline};
+pub use pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline, StreamEvent};
 pub use rng::SplitMix64;
 pub use sampler::{
     Commit, DreamAlg, DreamSampler, DreamSamplerConfig, GenerationOutput, GenerationStats,

@@ -175,6 +175,21 @@ pub struct Completion {
     pub stats: CompletionStats,
 }
 
+/// Given to a streaming callback after every denoising step.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamEvent<'a> {
+    /// Text that became final at this step (often empty: a diffusion step may commit tokens
+    /// after the first still-masked position).
+    pub text: &'a str,
+    /// 0-based step.
+    pub step: usize,
+    /// Steps the generation will take if not stopped.
+    pub total_steps: usize,
+}
+
+/// The streaming callback type.
+pub type OnText<'a> = dyn FnMut(&StreamEvent<'_>) -> ControlFlow<()> + 'a;
+
 /// Model + tokenizer + samplers. See the [module docs](self).
 #[derive(Debug)]
 pub struct Pipeline {
@@ -244,8 +259,8 @@ impl Pipeline {
         self.chat_stream(messages, options, &mut |_| ControlFlow::Continue(()))
     }
 
-    /// As [`complete`](Self::complete), calling `on_text` with each newly final piece of text;
-    /// returning [`ControlFlow::Break`] stops the generation.
+    /// As [`complete`](Self::complete), calling `on_text` after every step with the text that
+    /// became final; returning [`ControlFlow::Break`] stops the generation.
     ///
     /// # Errors
     /// As [`complete`](Self::complete).
@@ -253,7 +268,7 @@ impl Pipeline {
         &self,
         prompt: &str,
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_text: &mut OnText<'_>,
     ) -> Result<Completion> {
         let ids = self.tokenizer.encode(prompt, true)?;
         self.generate_ids(&ids, options, on_text)
@@ -267,7 +282,7 @@ impl Pipeline {
         &self,
         messages: &[ChatMessage],
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_text: &mut OnText<'_>,
     ) -> Result<Completion> {
         let text = self.tokenizer.apply_chat_template(messages, true)?;
         let ids = self.tokenizer.encode(&text, false)?;
@@ -293,7 +308,7 @@ impl Pipeline {
         &self,
         prompt: &[u32],
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_text: &mut OnText<'_>,
     ) -> Result<Completion> {
         if prompt.is_empty() {
             return Err(Error::invalid("prompt", "the prompt is empty"));
@@ -341,17 +356,20 @@ impl Pipeline {
         let prompts = [prompt.to_vec()];
         let mut on_step = |event: &crate::sampler::StepEvent<'_>| {
             let response = &event.sequences[0][event.prompt_len..];
-            match decoder.push(response) {
-                Ok(piece) if !piece.is_empty() => {
-                    if on_text(&piece).is_break() {
-                        return ControlFlow::Break(());
-                    }
-                }
-                Ok(_) => {}
+            let piece = match decoder.push(response) {
+                Ok(piece) => piece,
                 Err(e) => {
                     stream_err = Some(e);
                     return ControlFlow::Break(());
                 }
+            };
+            let stream = StreamEvent {
+                text: &piece,
+                step: event.step,
+                total_steps: event.total_steps,
+            };
+            if on_text(&stream).is_break() {
+                return ControlFlow::Break(());
             }
             let prefix_end = response
                 .iter()

@@ -243,8 +243,8 @@ fn pipeline_generates_text_with_and_without_cache() {
         };
         let mut streamed = String::new();
         let out = pipeline
-            .complete_stream("a=1234;b=5678;?b=", &options, &mut |piece| {
-                streamed.push_str(piece);
+            .complete_stream("a=1234;b=5678;?b=", &options, &mut |event| {
+                streamed.push_str(event.text);
                 ControlFlow::Continue(())
             })
             .unwrap();

@@ -199,7 +199,14 @@ pub fn write_tokenizer(dir: &Path) -> std::io::Result<()> {
         dir.join("tokenizer_config.json"),
         serde_json::to_string_pretty(&config)? + "\n",
     )?;
-    let generation = serde_json::json!({"bos_token_id": bos, "eos_token_id": special_id(EOS), "pad_token_id": special_id(EOS)});
+    let generation = serde_json::json!({
+        "bos_token_id": bos,
+        "eos_token_id": special_id(EOS),
+        "pad_token_id": special_id(EOS),
+        "max_new_tokens": GEN_LENGTH,
+        "steps": GEN_LENGTH,
+        "temperature": 0.0
+    });
     std::fs::write(
         dir.join("generation_config.json"),
         serde_json::to_string_pretty(&generation)? + "\n",
