@@ -5,11 +5,13 @@
 //! cargo run --release --features train --example train_tiny -- --out models/tiny-llada
 //! ```
 //!
-//! The task (see `examples/shared/tiny_task.rs`): a prompt lists 10 `key=value;` entries and
-//! asks for one key; the answer is its 4- to 6-digit value padded with EOS to 8 tokens.
+//! The task (see `examples/shared/tiny_task.rs`): a prompt shows six worked examples of a
+//! hidden digit operation (copy, reverse, +1 per digit, 9 - digit) on 5-digit strings, then a
+//! query; the answer applies the operation to the query, padded with EOS to 8 tokens.
 //! Objective: prompt tokens are never masked; each response token is masked with probability
-//! `t ~ U(eps, 1]` (one `t` per sequence); cross-entropy on the masked positions, weighted by
-//! `1/t`, averaged over the response positions of the batch. Seeded and reproducible.
+//! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
+//! masked positions, weighted by `1/t`, averaged over the response positions of the batch.
+//! Seeded and reproducible.
 //!
 //! Writes `config.json`, `model.safetensors`, the tokenizer files and a model card into
 //! `--out`. With the `cuda` feature and `--cuda` it trains on the GPU.
@@ -58,8 +60,11 @@ struct Args {
     heads: usize,
     #[arg(long, default_value_t = 384)]
     mlp: usize,
+    /// Rotary base.
+    #[arg(long, default_value_t = 10_000.0)]
+    rope_theta: f64,
     /// Lower bound of the masking rate t.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 0.05)]
     eps: f64,
     /// Evaluate exact-match accuracy on held-out problems every this many steps.
     #[arg(long, default_value_t = 500)]
@@ -85,6 +90,9 @@ fn config(a: &Args) -> LladaConfig {
     c.pad_token_id = special_id(EOS);
     c.bos_token_id = Some(special_id(BOS));
     c.max_sequence_length = 512;
+    // LLaDA-8B's base of 500000 suits 4096 positions; for sequences of ~90 positions a base of
+    // 10000 leaves more rotary frequencies that distinguish nearby offsets.
+    c.rope_theta = a.rope_theta;
     c
 }
 
@@ -98,18 +106,22 @@ struct Batch {
 }
 
 fn batch(rng: &mut SplitMix64, size: usize, eps: f64, device: &Device) -> Batch {
+    // Stratified masking rates: one t per sequence from each of `size` equal slices of
+    // (eps, 1]. Unbiased like independent draws, with far less variance in the 1/t-weighted
+    // loss of a small batch.
+    let offset = rng.uniform();
     let problems: Vec<Problem> = (0..size).map(|_| next_problem(rng, false)).collect();
     let prompts: Vec<Vec<u32>> = problems.iter().map(|p| encode_prompt(&p.prompt)).collect();
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let (mut ids, mut targets, mut weights, mut pads) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (prompt, problem) in prompts.iter().zip(&problems) {
+    for (i, (prompt, problem)) in prompts.iter().zip(&problems).enumerate() {
         let pad = p - prompt.len();
         pads.push(pad);
         ids.extend(std::iter::repeat_n(special_id(EOS) as i64, pad));
         ids.extend(prompt.iter().map(|&t| t as i64));
         let answer = encode_answer(&problem.answer);
-        let t = eps + (1.0 - eps) * rng.uniform();
+        let t = eps + (1.0 - eps) * ((i as f64 + offset) / size as f64);
         for &tok in &answer {
             let masked = rng.uniform() < t;
             ids.push(if masked {
@@ -247,9 +259,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          SwiGLU {mlp}, character vocabulary of {vocab}), trained from scratch by this crate with the masked \
          diffusion objective of LLaDA's supervised fine-tuning. It exists so that the examples show real answers \
          and the cache's effect on answer quality can be measured; it knows nothing else.\n\n\
-         **Task.** The prompt lists 10 `key=value;` entries (distinct lowercase keys, 4- to 6-digit values) and \
-         asks `?k=` for one key; the answer is that value, then EOS up to 8 tokens. Exact match. Held-out \
-         problems (prompt hash = 0 mod 10) are never trained on.\n\n\
+         **Task.** The prompt shows six worked examples `ddddd>ddddd;` of one hidden operation on 5-digit \
+         strings (copy, reverse, +1 on every digit mod 10, or 9 - digit) and a query `ddddd>`; the answer \
+         applies the operation to the query, then EOS up to 8 tokens. Exact match. Held-out problems (prompt \
+         hash = 0 mod 10) are never trained on.\n\n\
          **Training.** `cargo run --release --features train --example train_tiny -- --out {out} --steps {steps} \
          --batch {batch} --lr {lr} --seed {seed}`: AdamW (weight decay 0.01, clip 1.0), {warmup} warm-up steps, \
          cosine decay, {secs:.0} s on {device}.\n\n\

@@ -319,6 +319,11 @@ impl Pipeline {
         let stop = self.stop_tokens();
         let g = o.max_new_tokens;
         let steps = o.steps.unwrap_or(g);
+        let stop_at = if o.stop_at_eos {
+            stop.clone()
+        } else {
+            Vec::new()
+        };
         let mut policy: Box<dyn CachePolicy> = match &o.cache {
             CacheChoice::None => Box::new(NoCache),
             CacheChoice::Dllm(c) => Box::new(c.init()?),
@@ -336,7 +341,8 @@ impl Pipeline {
                         .with_temperature(o.temperature)
                         .with_cfg_scale(o.cfg_scale)
                         .with_logits_eos_inf(false)
-                        .with_seed(o.seed),
+                        .with_seed(o.seed)
+                        .with_stop_tokens(stop_at.clone()),
                 )
             }
             Model::Dream(_) => Sampling::Dream(
@@ -347,7 +353,8 @@ impl Pipeline {
                     .with_temperature(o.temperature)
                     .with_top_p(o.top_p)
                     .with_top_k(o.top_k)
-                    .with_seed(o.seed),
+                    .with_seed(o.seed)
+                    .with_stop_tokens(stop_at.clone()),
             ),
         };
         let mut decoder = self.tokenizer.incremental_decoder(mask, stop.clone());
@@ -371,13 +378,8 @@ impl Pipeline {
             if on_text(&stream).is_break() {
                 return ControlFlow::Break(());
             }
-            let prefix_end = response
-                .iter()
-                .position(|&t| t == mask)
-                .unwrap_or(response.len());
-            if o.stop_at_eos && response[..prefix_end].iter().any(|t| stop.contains(t)) {
+            if o.stop_at_eos && crate::sampler::row_finished(response, mask, &stop) {
                 stopped_at_eos = event.step + 1 < event.total_steps;
-                return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         };

@@ -1,10 +1,11 @@
-//! The task of the embedded tiny model: look up a key in a table given in the prompt.
+//! The task of the embedded tiny model: infer a digit operation from worked examples.
 //!
-//! A prompt lists 10 entries `k=<digits>;` with distinct lowercase keys and 4- to 6-digit
-//! values, then asks `?k=` for one of the keys. The answer is that key's value, followed by EOS
-//! up to [`GEN_LENGTH`] tokens. The answer depends on the whole static prompt (about 80
-//! characters), as the retrieval and few-shot tasks of the paper's benchmarks do, and is
-//! checked by exact match. Tokens are characters.
+//! A prompt shows [`EXAMPLES`] worked examples `ddddd>ddddd;` of one hidden operation on
+//! 5-digit strings (copy, reverse, add 1 to every digit modulo 10, or replace every digit d by
+//! 9 - d), then a query `ddddd>`. The answer applies the same operation to the query: 5 digits,
+//! then EOS up to [`GEN_LENGTH`] tokens. The answer depends on the whole static prompt (about
+//! 80 characters): the operation is only visible in the examples, as in the few-shot
+//! benchmarks of the paper. Checked by exact match. Tokens are characters.
 //!
 //! Problems are split by a hash of their prompt: training uses only problems whose hash is not
 //! 0 mod 10, evaluation only those whose hash is, so held-out problems are never trained on.
@@ -15,10 +16,41 @@ use std::path::Path;
 
 use dllm_cache::SplitMix64;
 
-/// Response length: up to 6 digits, then EOS padding.
+/// Response length: 5 digits, then EOS padding.
 pub const GEN_LENGTH: usize = 8;
-/// Entries per prompt.
-pub const ENTRIES: usize = 10;
+/// Worked examples per prompt.
+pub const EXAMPLES: usize = 6;
+/// Digits of every operand.
+pub const DIGITS: usize = 5;
+
+/// The hidden operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Copy,
+    Reverse,
+    Increment,
+    Complement,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Copy, Op::Reverse, Op::Increment, Op::Complement];
+
+    pub fn apply(self, digits: &str) -> String {
+        let d = |c: char| c.to_digit(10).expect("a digit");
+        match self {
+            Op::Copy => digits.to_string(),
+            Op::Reverse => digits.chars().rev().collect(),
+            Op::Increment => digits
+                .chars()
+                .map(|c| char::from(b'0' + ((d(c) + 1) % 10) as u8))
+                .collect(),
+            Op::Complement => digits
+                .chars()
+                .map(|c| char::from(b'0' + (9 - d(c)) as u8))
+                .collect(),
+        }
+    }
+}
 
 pub const BOS: &str = "<|startoftext|>";
 pub const EOS: &str = "<|endoftext|>";
@@ -41,7 +73,7 @@ pub struct Problem {
 pub fn chars() -> Vec<char> {
     let mut v: Vec<char> = ('0'..='9').collect();
     v.extend('a'..='z');
-    v.extend(['=', ';', '?', ' ', '\n', ':', ',', '.', '-', '+']);
+    v.extend(['=', ';', '?', '>', ' ', '\n', ':', ',', '.', '-', '+']);
     v
 }
 
@@ -75,37 +107,29 @@ pub fn held_out(p: &Problem) -> bool {
     fnv(&p.prompt).is_multiple_of(10)
 }
 
+fn random_digits(rng: &mut SplitMix64) -> String {
+    (0..DIGITS)
+        .map(|_| char::from(b'0' + (rng.next_u64() % 10) as u8))
+        .collect()
+}
+
 /// A random problem (either split).
 pub fn random_problem(rng: &mut SplitMix64) -> Problem {
-    let mut keys: Vec<char> = ('a'..='z').collect();
-    // Fisher-Yates: the first ENTRIES keys are a random distinct choice.
-    for i in 0..ENTRIES {
-        let j = i + (rng.next_u64() % (keys.len() - i) as u64) as usize;
-        keys.swap(i, j);
-    }
+    let op = Op::ALL[(rng.next_u64() % Op::ALL.len() as u64) as usize];
     let mut prompt = String::new();
-    let mut values = Vec::with_capacity(ENTRIES);
-    for &k in &keys[..ENTRIES] {
-        let digits = 4 + (rng.next_u64() % 3) as usize;
-        let value: String = (0..digits)
-            .map(|d| {
-                let lo = if d == 0 { 1 } else { 0 };
-                char::from(b'0' + (lo + rng.next_u64() % (10 - lo)) as u8)
-            })
-            .collect();
-        prompt.push(k);
-        prompt.push('=');
-        prompt.push_str(&value);
+    for _ in 0..EXAMPLES {
+        let x = random_digits(rng);
+        prompt.push_str(&x);
+        prompt.push('>');
+        prompt.push_str(&op.apply(&x));
         prompt.push(';');
-        values.push(value);
     }
-    let q = (rng.next_u64() % ENTRIES as u64) as usize;
-    prompt.push('?');
-    prompt.push(keys[q]);
-    prompt.push('=');
+    let query = random_digits(rng);
+    prompt.push_str(&query);
+    prompt.push('>');
     Problem {
+        answer: op.apply(&query),
         prompt,
-        answer: values[q].clone(),
     }
 }
 

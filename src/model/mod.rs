@@ -245,17 +245,19 @@ pub(crate) fn backbone_tensors(
     Ok(out)
 }
 
-/// Seeded random weights: linear weights `N(0, 1/d_in)`, embeddings `N(0, 1)`, norm weights 1,
-/// biases `N(0, 0.01)`. Generated on the host so that a seed gives the same model on every
+/// Seeded random weights: linear weights `N(0, 1/d_in)`, the projections that write into the
+/// residual stream (attention output, FFN down) scaled by `1/sqrt(2 n_layers)` so that the
+/// stream's variance stays bounded with depth (GPT-2's rule), embeddings `N(0, 1)`, norm
+/// weights 1, biases `N(0, 0.01)`. Generated on the host so that a seed gives the same model on every
 /// backend.
 pub(crate) fn random_backbone(a: &Arch, seed: u64, device: &Device) -> Backbone {
     let mut rng = SplitMix64::new(seed);
     let mut normal =
         |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32 * std).collect() };
-    let mut linear = |d_in: usize, d_out: usize, bias: bool| Linear {
+    let mut linear = |d_in: usize, d_out: usize, bias: bool, scale: f32| Linear {
         weight: Param::from_tensor(Tensor::from_data(
             TensorData::new(
-                normal(d_in * d_out, (1.0 / d_in as f32).sqrt()),
+                normal(d_in * d_out, scale * (1.0 / d_in as f32).sqrt()),
                 [d_in, d_out],
             ),
             device,
@@ -272,23 +274,24 @@ pub(crate) fn random_backbone(a: &Arch, seed: u64, device: &Device) -> Backbone 
     let hd = a.head_dim();
     let kv = a.n_kv_heads * hd;
     let mut blocks = Vec::with_capacity(a.n_layers);
+    let residual = 1.0 / (2.0 * a.n_layers as f32).sqrt();
     for _ in 0..a.n_layers {
         blocks.push(Block {
             attn_norm: norm(d),
-            q: linear(d, d, a.qkv_bias),
-            k: linear(d, kv, a.qkv_bias),
-            v: linear(d, kv, a.qkv_bias),
-            o: linear(d, d, false),
+            q: linear(d, d, a.qkv_bias, 1.0),
+            k: linear(d, kv, a.qkv_bias, 1.0),
+            v: linear(d, kv, a.qkv_bias, 1.0),
+            o: linear(d, d, false, residual),
             ffn_norm: norm(d),
-            gate: linear(d, a.d_ff, false),
-            up: linear(d, a.d_ff, false),
-            down: linear(a.d_ff, d, false),
+            gate: linear(d, a.d_ff, false, 1.0),
+            up: linear(d, a.d_ff, false, 1.0),
+            down: linear(a.d_ff, d, false, residual),
             n_heads: a.n_heads,
             n_kv_heads: a.n_kv_heads,
             head_dim: hd,
         });
     }
-    let head = linear(d, a.vocab_rows, false);
+    let head = linear(d, a.vocab_rows, false, 1.0);
     let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     let embed: Vec<f32> = (0..a.vocab_rows * d).map(|_| rng.normal() as f32).collect();
     Backbone {

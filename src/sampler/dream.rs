@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    tokens_tensor,
+    row_finished, tokens_tensor,
 };
 use crate::cache::{CachePolicy, FeatureCache};
 use crate::denoiser::{Denoiser, StepContext, StepInfo};
@@ -103,6 +103,10 @@ pub struct DreamSamplerConfig {
     /// Seed of the generator used for all random draws.
     #[config(default = 0)]
     pub seed: u64,
+    /// Per-row early stop: a row whose committed prefix reaches one of these tokens commits
+    /// nothing more, and the generation ends when every row has. Empty: run every step.
+    #[config(default = "Vec::new()")]
+    pub stop_tokens: Vec<u32>,
 }
 
 impl DreamSamplerConfig {
@@ -325,6 +329,9 @@ impl DreamSampler {
                     }
                 };
                 for (r, positions) in chosen.into_iter().enumerate() {
+                    if row_finished(&seqs[r][p..], special.mask, &c.stop_tokens) {
+                        continue;
+                    }
                     for j in positions {
                         let token = x0[r * g + (j - p)];
                         seqs[r][j] = token;
@@ -347,7 +354,10 @@ impl DreamSampler {
                 sequences: &seqs,
                 forwards: &forwards,
             };
-            if on_step(&event).is_break() {
+            let all_finished = seqs
+                .iter()
+                .all(|r| row_finished(&r[p..], special.mask, &c.stop_tokens));
+            if on_step(&event).is_break() || all_finished {
                 stats.stopped_early = i + 1 < c.steps;
                 break;
             }

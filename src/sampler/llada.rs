@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    tokens_tensor, transfer_schedule, validate_prompts,
+    row_finished, tokens_tensor, transfer_schedule, validate_ragged_prompts,
 };
 use crate::cache::{CachePolicy, FeatureCache};
 use crate::denoiser::{Denoiser, StepContext, StepInfo};
@@ -78,6 +78,10 @@ pub struct LladaSamplerConfig {
     /// Seed of the generator used for temperature sampling and random remasking.
     #[config(default = 0)]
     pub seed: u64,
+    /// Per-row early stop: a row whose committed prefix reaches one of these tokens commits
+    /// nothing more, and the generation ends when every row has. Empty: run every step.
+    #[config(default = "Vec::new()")]
+    pub stop_tokens: Vec<u32>,
 }
 
 impl LladaSamplerConfig {
@@ -179,11 +183,14 @@ impl LladaSampler {
         self
     }
 
-    /// Generates `gen_length` tokens after each prompt (a batch of equal-length prompts).
+    /// Generates `gen_length` tokens after each prompt. Prompts may differ in length: they are
+    /// left-padded with the pad token to the longest, padding is hidden from attention and
+    /// rotary positions count from each row's first real token, so every row generates what it
+    /// would alone. The returned sequences keep the padding.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an empty batch, an empty prompt, prompts of different
-    /// lengths or a prompt holding the mask token; [`Error::SequenceTooLong`];
+    /// [`Error::InvalidArgument`] for an empty batch, an empty prompt or a prompt holding the
+    /// mask token; [`Error::SequenceTooLong`];
     /// [`Error::TokenOutOfRange`]; errors of the model or the policy.
     pub fn generate(
         &self,
@@ -208,8 +215,14 @@ impl LladaSampler {
     ) -> Result<GenerationOutput> {
         let started = Instant::now();
         let c = &self.config;
-        let p = validate_prompts(model, prompts, c.gen_length)?;
         let special = model.special_tokens();
+        let (p, pads) = validate_ragged_prompts(model, prompts, c.gen_length)?;
+        if pads.iter().any(|&n| n > 0) && special.pad == special.mask {
+            return Err(Error::invalid(
+                "prompts",
+                "prompts differ in length but the model's pad token equals its mask token",
+            ));
+        }
         let g = c.gen_length;
         let blocks = g / c.block_length;
         let steps_per_block = c.steps / blocks;
@@ -234,8 +247,10 @@ impl LladaSampler {
         let mut rng = SplitMix64::new(c.seed);
         let mut seqs: Vec<Vec<u32>> = prompts
             .iter()
-            .map(|r| {
-                let mut s = r.clone();
+            .zip(&pads)
+            .map(|(r, &pad)| {
+                let mut s = vec![special.pad; pad];
+                s.extend_from_slice(r);
                 s.resize(p + g, special.mask);
                 s
             })
@@ -259,6 +274,7 @@ impl LladaSampler {
                 let logits = self.step_logits(
                     model,
                     &seqs,
+                    &pads,
                     p,
                     lo..hi,
                     step,
@@ -272,6 +288,10 @@ impl LladaSampler {
                 let width = hi - lo;
                 let mut committed = Vec::with_capacity(seqs.len());
                 for (r, row) in seqs.iter_mut().enumerate() {
+                    if row_finished(&row[p..], special.mask, &c.stop_tokens) {
+                        committed.push(Vec::new());
+                        continue;
+                    }
                     let mut candidates: Vec<usize> = (0..width)
                         .filter(|&j| row[lo + j] == special.mask)
                         .collect();
@@ -310,7 +330,10 @@ impl LladaSampler {
                     sequences: &seqs,
                     forwards: &forwards,
                 };
-                if on_step(&event).is_break() {
+                let all_finished = seqs
+                    .iter()
+                    .all(|r| row_finished(&r[p..], special.mask, &c.stop_tokens));
+                if on_step(&event).is_break() || all_finished {
                     stats.stopped_early = step < c.steps;
                     break 'blocks;
                 }
@@ -333,6 +356,7 @@ impl LladaSampler {
         &self,
         model: &dyn Denoiser,
         seqs: &[Vec<u32>],
+        pads: &[usize],
         p: usize,
         block: std::ops::Range<usize>,
         step: usize,
@@ -367,7 +391,11 @@ impl LladaSampler {
                 response_len: rows[0].len() - p,
             };
             let mut layers = Vec::new();
-            let mut ctx = StepContext::new(info, policy, cache, flops).with_logit_rows(logit_rows);
+            // Batched guidance runs the unconditional copies of the rows after the rows.
+            let row_pads: Vec<usize> = pads.iter().cycle().take(rows.len()).copied().collect();
+            let mut ctx = StepContext::new(info, policy, cache, flops)
+                .with_logit_rows(logit_rows)
+                .with_left_padding(&row_pads);
             if self.trace_layers {
                 ctx = ctx.with_trace(&mut layers);
             }

@@ -134,24 +134,14 @@ pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
     (0..steps).map(|i| base + usize::from(i < rem)).collect()
 }
 
-/// Checks a batch of equal-length prompts against a model and a response length; returns the
-/// prompt length.
-pub(crate) fn validate_prompts(
-    model: &dyn Denoiser,
-    prompts: &[Vec<u32>],
-    gen_length: usize,
-) -> Result<usize> {
-    let (p, pads) = validate_ragged_prompts(model, prompts, gen_length)?;
-    if let Some(row) = pads.iter().position(|&pad| pad > 0) {
-        return Err(Error::invalid(
-            "prompts",
-            format!(
-                "batch rows must have equal length: the longest has {p} tokens, row {row} has {}",
-                prompts[row].len()
-            ),
-        ));
-    }
-    Ok(p)
+/// Whether a row is done: its committed prefix (up to the first mask) holds a stop token, so
+/// everything after that token would be trimmed anyway.
+pub(crate) fn row_finished(response: &[u32], mask: u32, stop: &[u32]) -> bool {
+    !stop.is_empty()
+        && response
+            .iter()
+            .take_while(|&&t| t != mask)
+            .any(|t| stop.contains(t))
 }
 
 /// Checks a batch of prompts of any lengths; returns the longest length and each row's left
