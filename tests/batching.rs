@@ -54,7 +54,7 @@ fn run_dream(
 }
 
 fn random_policy(rng: &mut SplitMix64) -> Box<dyn CachePolicy> {
-    if rng.next_u64() % 3 == 0 {
+    if rng.next_u64().is_multiple_of(3) {
         return Box::new(NoCache);
     }
     let kp = 1 + (rng.next_u64() % 8) as usize;
@@ -65,7 +65,7 @@ fn random_policy(rng: &mut SplitMix64) -> Box<dyn CachePolicy> {
             .with_prompt_interval(kp)
             .with_response_interval(kr)
             .with_refresh_ratio(rho)
-            .with_refresh_first_layer(rng.next_u64() % 2 == 0)
+            .with_refresh_first_layer(rng.next_u64().is_multiple_of(2))
             .init()
             .unwrap(),
     )
