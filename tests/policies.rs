@@ -336,3 +336,82 @@ impl CachePolicy for Sequence {
 fn generate_err(subject: &Subject, policy: &mut dyn CachePolicy) -> Error {
     (subject.run)(subject.model.as_ref(), policy, 0.0, 8).expect_err("the policy breaks the rules")
 }
+
+/// Types an application shares between threads or moves into them.
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Llada>();
+    send_sync::<Dream>();
+    send_sync::<dllm_cache::Pipeline>();
+    send_sync::<dllm_cache::Tokenizer>();
+    send_sync::<dllm_cache::LladaSampler>();
+    send_sync::<dllm_cache::DreamSampler>();
+    send_sync::<DllmCacheConfig>();
+    send_sync::<dllm_cache::DllmCache>();
+    send_sync::<NoCache>();
+    send_sync::<FeatureCache>();
+    send_sync::<dllm_cache::GenerationOutput>();
+    send_sync::<Error>();
+    send::<Box<dyn CachePolicy>>();
+    send_sync::<Arc<dyn Denoiser>>();
+}
+
+/// 8 generations (mixed policies, prompts and guidance) from 4 threads on one shared model,
+/// each equal to the same generation run alone.
+#[test]
+fn stress_shared_model_from_four_threads() {
+    let device = Device::default();
+    for subject in models(&device) {
+        let jobs: Vec<(usize, f64)> = (0..8)
+            .map(|j| {
+                (
+                    j % policies().len(),
+                    if subject.guidance && j % 3 == 0 {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect();
+        let run = |model: &dyn Denoiser, run: Runner, (p, cfg): (usize, f64)| {
+            let mut policy = (policies()[p].1)();
+            run(model, policy.as_mut(), cfg, 16).expect("generation runs")
+        };
+        let sequential: Vec<_> = jobs
+            .iter()
+            .map(|&j| run(subject.model.as_ref(), subject.run, j))
+            .collect();
+        let chunks: Vec<Vec<(usize, (usize, f64))>> = (0..4)
+            .map(|t| {
+                jobs.iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(i, _)| i % 4 == t)
+                    .collect()
+            })
+            .collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let (model, runner) = (Arc::clone(&subject.model), subject.run);
+                std::thread::spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|(i, job)| (i, run(model.as_ref(), runner, job)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = 0;
+        for handle in handles {
+            for (i, got) in handle.join().expect("thread") {
+                assert_eq!(got, sequential[i], "{} job {i}", subject.name);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 8);
+    }
+}

@@ -1,0 +1,682 @@
+//! Loading and input validation. Sharded, converted and saved weights load to the same model;
+//! a table of bad inputs through the public API, each with the exact error it must produce.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
+use dllm_cache::{Error, Llada, LladaConfig};
+use safetensors::Dtype;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/llada")
+}
+
+/// A fresh scratch folder under the system temp dir.
+fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "dllm-cache-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// The fixture's tensors: (name, dtype, shape, bytes), sorted by name.
+fn fixture_tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(fixture().join("model.safetensors")).expect("fixture weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("fixture parses");
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("valid view"),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write safetensors");
+}
+
+/// A model folder with the fixture config and the given tensors.
+fn model_dir(tag: &str, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> PathBuf {
+    let dir = scratch(tag);
+    std::fs::copy(fixture().join("config.json"), dir.join("config.json")).expect("copy config");
+    write_safetensors(&dir.join("model.safetensors"), tensors);
+    dir
+}
+
+fn logits(model: &Llada, device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = (0..20).map(|i| (i * 37 % 300) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 20]), device);
+    let (logits, _) = model.forward_with_hidden_states(tokens).expect("forward");
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 logits")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn sharded_checkpoint_loads_the_same_model() {
+    let device = Device::default();
+    let reference = Llada::from_dir(fixture(), &device).expect("fixture loads");
+    let tensors = fixture_tensors();
+    let dir = scratch("sharded");
+    std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    write_safetensors(&dir.join("model-00001-of-00002.safetensors"), first);
+    write_safetensors(&dir.join("model-00002-of-00002.safetensors"), second);
+    let mut map = serde_json::Map::new();
+    for (name, ..) in first {
+        map.insert(name.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for (name, ..) in second {
+        map.insert(name.clone(), "model-00002-of-00002.safetensors".into());
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = Llada::from_dir(&dir, &device).expect("sharded loads");
+    assert_eq!(logits(&sharded, &device), logits(&reference, &device));
+}
+
+#[test]
+fn f16_and_bf16_weights_load_and_run() {
+    let device = Device::default();
+    let reference = logits(&Llada::from_dir(fixture(), &device).unwrap(), &device);
+    for (dtype, convert) in [
+        (
+            Dtype::F16,
+            (|v: f32| half::f16::from_f32(v).to_le_bytes()) as fn(f32) -> [u8; 2],
+        ),
+        (Dtype::BF16, |v: f32| half::bf16::from_f32(v).to_le_bytes()),
+    ] {
+        let tensors: Vec<_> = fixture_tensors()
+            .into_iter()
+            .map(|(n, _, s, b)| {
+                let half: Vec<u8> = b
+                    .chunks_exact(4)
+                    .flat_map(|c| convert(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect();
+                (n, dtype, s, half)
+            })
+            .collect();
+        let dir = model_dir("half", &tensors);
+        let model = Llada::from_dir(&dir, &device).expect("half-precision weights load");
+        let got = logits(&model, &device);
+        let spread = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&got, &reference);
+        // Rounding the weights to 8 (bf16) or 11 (f16) mantissa bits moves logits by a few
+        // percent of their range, never by the range itself.
+        assert!(
+            diff < 0.1 * spread,
+            "{dtype:?}: diff {diff} vs spread {spread}"
+        );
+        assert!(diff > 0.0, "{dtype:?}: rounding must change something");
+    }
+}
+
+#[test]
+fn dream_loads_and_a_saved_llada_reloads_identically() {
+    let device = Device::default();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream");
+    let dream = dllm_cache::Dream::from_dir(&dir, &device).expect("dream fixture");
+    assert_eq!(dream.config().num_key_value_heads, 1);
+    let llada = Llada::from_dir(fixture(), &device).unwrap();
+    let out = scratch("saved");
+    llada
+        .save_dir(&out, dllm_cache::model::SaveDtype::F32)
+        .unwrap();
+    let reloaded = Llada::from_dir(&out, &device).unwrap();
+    assert_eq!(reloaded.config(), llada.config());
+    assert_eq!(logits(&reloaded, &device), logits(&llada, &device));
+}
+
+fn config_json(arch: &str) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden")
+        .join(arch);
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// The fixture folder with its weights file rewritten by `edit`.
+fn edited_checkpoint(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let dir = model_dir(tag, &fixture_tensors());
+    let file = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    edit(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    dir
+}
+
+/// Rewrites the JSON header of a safetensors file in place (same length, space-padded).
+fn edit_header(bytes: &mut [u8], edit: impl FnOnce(&mut serde_json::Value)) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut json);
+    let mut header = json.to_string().into_bytes();
+    assert!(header.len() <= n, "edited header must not grow");
+    header.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&header);
+}
+
+/// A folder with the fixture's weights and an edited config.
+fn config_dir(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = model_dir(tag, &fixture_tensors());
+    let mut config = config_json("llada");
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn tensors_with(
+    edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let mut t = fixture_tensors();
+    edit(&mut t);
+    t
+}
+
+fn load(dir: PathBuf) -> Result<(), Error> {
+    Llada::from_dir(dir, &Device::default()).map(|_| ())
+}
+
+type Check = fn(&Error) -> bool;
+
+/// Every bad input of the public API, the error it must produce, and no panic; afterwards the
+/// model that saw the bad generation requests still generates exactly as a fresh one.
+#[test]
+fn bad_inputs_return_their_exact_error() {
+    let device = Device::default();
+    let model = Llada::from_dir(fixture(), &device).unwrap();
+    let sampler = |steps, len, block| {
+        dllm_cache::LladaSamplerConfig::new()
+            .with_steps(steps)
+            .with_gen_length(len)
+            .with_block_length(block)
+    };
+    let ok_prompt = vec![vec![5u32, 6, 7, 8]];
+    let generate = |prompts: Vec<Vec<u32>>, len: usize| -> Result<(), Error> {
+        sampler(len, len, len)
+            .init()?
+            .generate(
+                &model,
+                &prompts,
+                &mut dllm_cache::DllmCacheConfig::new().init()?,
+            )
+            .map(|_| ())
+    };
+    let cases: Vec<(&str, Box<dyn Fn() -> Result<(), Error> + '_>, Check)> = vec![
+        // Checkpoints.
+        (
+            "empty directory",
+            Box::new(|| load(scratch("empty"))),
+            |e| matches!(e, Error::Io { path, .. } if path.ends_with("config.json")),
+        ),
+        (
+            "no weights file",
+            Box::new(|| {
+                let dir = scratch("no-weights");
+                std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+                load(dir)
+            }),
+            |e| matches!(e, Error::Io { path, .. } if path.ends_with("model.safetensors")),
+        ),
+        (
+            "file shorter than a header",
+            Box::new(|| load(edited_checkpoint("short", |b| b.truncate(5)))),
+            |e| matches!(e, Error::Checkpoint { reason, .. } if reason.contains("too short")),
+        ),
+        (
+            "truncated data",
+            Box::new(|| {
+                load(edited_checkpoint("truncated", |b| {
+                    b.truncate(b.len() - 100)
+                }))
+            }),
+            |e| matches!(e, Error::Checkpoint { reason, .. } if reason.contains("truncated")),
+        ),
+        (
+            "header length larger than the file",
+            Box::new(|| {
+                load(edited_checkpoint("lying", |b| {
+                    let lie = (b.len() as u64 * 2).to_le_bytes();
+                    b[..8].copy_from_slice(&lie);
+                }))
+            }),
+            |e| matches!(e, Error::Checkpoint { reason, .. } if reason.contains("larger than the file")),
+        ),
+        (
+            "overlapping offsets",
+            Box::new(|| {
+                load(edited_checkpoint("overlap", |b| {
+                    edit_header(b, |h| {
+                        let name = "model.transformer.ln_f.weight";
+                        let o = h[name]["data_offsets"].as_array().unwrap().clone();
+                        h[name]["data_offsets"] = serde_json::json!([
+                            o[0].as_u64().unwrap() - 8,
+                            o[1].as_u64().unwrap() - 8
+                        ]);
+                    })
+                }))
+            }),
+            |e| matches!(e, Error::Checkpoint { reason, .. } if reason.contains("invalid header")),
+        ),
+        (
+            "unknown dtype name",
+            Box::new(|| {
+                load(edited_checkpoint("dtype-name", |b| {
+                    edit_header(b, |h| {
+                        h["model.transformer.ln_f.weight"]["dtype"] = "Q9X".into();
+                    })
+                }))
+            }),
+            |e| matches!(e, Error::Checkpoint { reason, .. } if reason.contains("Q9X")),
+        ),
+        (
+            "unsupported dtype",
+            Box::new(|| {
+                load(model_dir(
+                    "dtype",
+                    &tensors_with(|t| {
+                        t.iter_mut()
+                            .find(|t| t.0 == "model.transformer.blocks.1.up_proj.weight")
+                            .unwrap()
+                            .1 = Dtype::I32;
+                    }),
+                ))
+            }),
+            |e| matches!(e, Error::UnsupportedDtype { name, dtype } if name == "model.transformer.blocks.1.up_proj.weight" && dtype == "I32"),
+        ),
+        (
+            "wrong shape",
+            Box::new(|| {
+                load(model_dir(
+                    "shape",
+                    &tensors_with(|t| {
+                        t.iter_mut()
+                            .find(|t| t.0 == "model.transformer.blocks.2.k_proj.weight")
+                            .unwrap()
+                            .2 = vec![32, 128];
+                    }),
+                ))
+            }),
+            |e| matches!(e, Error::ShapeMismatch { name, expected, found } if name == "model.transformer.blocks.2.k_proj.weight" && expected == &[64, 64] && found == &[32, 128]),
+        ),
+        (
+            "missing tensor",
+            Box::new(|| {
+                load(model_dir(
+                    "missing",
+                    &tensors_with(|t| {
+                        t.retain(|t| t.0 != "model.transformer.blocks.0.ff_norm.weight");
+                    }),
+                ))
+            }),
+            |e| matches!(e, Error::MissingTensor { name } if name == "model.transformer.blocks.0.ff_norm.weight"),
+        ),
+        (
+            "unused tensor",
+            Box::new(|| {
+                load(model_dir(
+                    "unused",
+                    &tensors_with(|t| {
+                        t.push((
+                            "model.transformer.extra.bias".into(),
+                            Dtype::F32,
+                            vec![2],
+                            vec![0; 8],
+                        ));
+                    }),
+                ))
+            }),
+            |e| matches!(e, Error::UnusedTensors { names } if names == &["model.transformer.extra.bias"]),
+        ),
+        (
+            "another architecture's checkpoint",
+            Box::new(|| {
+                let dream = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/golden/dream/model.safetensors");
+                Llada::from_safetensors(
+                    LladaConfig::from_json(&config_json("llada").to_string())?,
+                    &[dream],
+                    &Device::default(),
+                )
+                .map(|_| ())
+            }),
+            |e| matches!(e, Error::MissingTensor { .. }),
+        ),
+        // Configs.
+        (
+            "config missing a field",
+            Box::new(|| {
+                load(config_dir("no-field", |c| {
+                    c.as_object_mut().unwrap().remove("d_model");
+                }))
+            }),
+            |e| matches!(e, Error::Config { path: Some(p), reason } if p.ends_with("config.json") && reason.contains("missing field `d_model`")),
+        ),
+        (
+            "config field of the wrong type",
+            Box::new(|| load(config_dir("type", |c| c["n_layers"] = "three".into()))),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("invalid type")),
+        ),
+        (
+            "heads not dividing d_model",
+            Box::new(|| {
+                load(config_dir("heads", |c| {
+                    c["n_heads"] = 5.into();
+                    c["n_kv_heads"] = 5.into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`n_heads` (5) must divide `d_model` (64)")),
+        ),
+        (
+            "zero layers",
+            Box::new(|| load(config_dir("layers", |c| c["n_layers"] = 0.into()))),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`n_layers` must be positive")),
+        ),
+        (
+            "config is not JSON",
+            Box::new(|| LladaConfig::from_json("{ not json").map(|_| ())),
+            |e| matches!(e, Error::Config { .. }),
+        ),
+        (
+            "unsupported LLaDA setting",
+            Box::new(|| load(config_dir("bias", |c| c["include_bias"] = true.into()))),
+            |e| matches!(e, Error::Unsupported { field, .. } if field == "include_bias"),
+        ),
+        (
+            "unsupported Dream setting",
+            Box::new(|| {
+                let mut c = config_json("dream");
+                c["tie_word_embeddings"] = true.into();
+                dllm_cache::DreamConfig::from_json(&c.to_string()).map(|_| ())
+            }),
+            |e| matches!(e, Error::Unsupported { field, .. } if field == "tie_word_embeddings"),
+        ),
+        (
+            "Dream GQA that does not divide",
+            Box::new(|| {
+                let mut c = config_json("dream");
+                c["num_key_value_heads"] = 2.into();
+                dllm_cache::DreamConfig::from_json(&c.to_string()).map(|_| ())
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`num_key_value_heads` (2) must divide `num_attention_heads` (7)")),
+        ),
+        // Tokenizers.
+        (
+            "tokenizer.json missing",
+            Box::new(|| dllm_cache::Tokenizer::from_dir(scratch("no-tok")).map(|_| ())),
+            |e| matches!(e, Error::Io { path, .. } if path.ends_with("tokenizer.json")),
+        ),
+        (
+            "tokenizer.json malformed",
+            Box::new(|| {
+                let dir = scratch("bad-tok");
+                std::fs::write(dir.join("tokenizer.json"), "{\"model\": 3}").unwrap();
+                dllm_cache::Tokenizer::from_dir(dir).map(|_| ())
+            }),
+            |e| matches!(e, Error::Tokenizer(_)),
+        ),
+        // Generation requests.
+        ("empty batch", Box::new(|| generate(vec![], 8)), |e| {
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    name: "prompts",
+                    ..
+                }
+            )
+        }),
+        (
+            "empty prompt",
+            Box::new(|| generate(vec![vec![]], 8)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "prompts",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "prompt plus generation longer than the model maximum",
+            Box::new(|| generate(ok_prompt.clone(), 4096)),
+            |e| {
+                matches!(
+                    e,
+                    Error::SequenceTooLong {
+                        len: 4100,
+                        max: 4096
+                    }
+                )
+            },
+        ),
+        (
+            "token id outside the vocabulary",
+            Box::new(|| generate(vec![vec![1, 320]], 8)),
+            |e| {
+                matches!(
+                    e,
+                    Error::TokenOutOfRange {
+                        id: 320,
+                        row: 0,
+                        position: 1,
+                        vocab: 320
+                    }
+                )
+            },
+        ),
+        (
+            "a batch mixing in another model's ids",
+            Box::new(|| generate(vec![vec![1, 2, 3], vec![151_643, 151_666]], 8)),
+            |e| {
+                matches!(
+                    e,
+                    Error::TokenOutOfRange {
+                        id: 151_643,
+                        row: 1,
+                        position: 0,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "the mask token inside a prompt",
+            Box::new(|| generate(vec![vec![1, 317]], 8)),
+            |e| matches!(e, Error::InvalidArgument { name: "prompts", reason } if reason.contains("mask")),
+        ),
+        (
+            "block length not dividing the response",
+            Box::new(|| sampler(16, 30, 8).init().map(|_| ())),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "block_length",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "steps not a multiple of the blocks",
+            Box::new(|| sampler(6, 32, 8).init().map(|_| ())),
+            |e| matches!(e, Error::InvalidArgument { name: "steps", .. }),
+        ),
+        (
+            "zero steps",
+            Box::new(|| sampler(0, 32, 8).init().map(|_| ())),
+            |e| matches!(e, Error::InvalidArgument { name: "steps", .. }),
+        ),
+        (
+            "Dream eps out of range",
+            Box::new(|| {
+                dllm_cache::DreamSamplerConfig::new()
+                    .with_eps(1.5)
+                    .init()
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "eps", .. }),
+        ),
+        // Cache settings.
+        (
+            "refresh ratio above 1",
+            Box::new(|| {
+                dllm_cache::DllmCacheConfig::new()
+                    .with_refresh_ratio(1.5)
+                    .init()
+                    .map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "refresh_ratio",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "refresh ratio NaN",
+            Box::new(|| {
+                dllm_cache::DllmCacheConfig::new()
+                    .with_refresh_ratio(f64::NAN)
+                    .init()
+                    .map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "refresh_ratio",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "interval 0",
+            Box::new(|| {
+                dllm_cache::DllmCacheConfig::new()
+                    .with_response_interval(0)
+                    .init()
+                    .map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "response_interval",
+                        ..
+                    }
+                )
+            },
+        ),
+        // Direct forwards.
+        (
+            "forward of a sequence longer than the maximum",
+            Box::new(|| {
+                model
+                    .forward_with_hidden_states(Tensor::<2, Int>::zeros(
+                        [1, 4097],
+                        &Device::default(),
+                    ))
+                    .map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::SequenceTooLong {
+                        len: 4097,
+                        max: 4096
+                    }
+                )
+            },
+        ),
+        (
+            "forward of an out-of-range id",
+            Box::new(|| {
+                let t = Tensor::<2, Int>::from_data(
+                    TensorData::new(vec![1i64, 2, 320, 4], [2, 2]),
+                    &Device::default(),
+                );
+                model.forward_with_hidden_states(t).map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::TokenOutOfRange {
+                        id: 320,
+                        row: 1,
+                        position: 0,
+                        vocab: 320
+                    }
+                )
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, run, check) in &cases {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(Err(e)) if check(&e) => {}
+            Ok(Err(e)) => failures.push(format!("{name}: unexpected error {e:?}")),
+            Ok(Ok(())) => failures.push(format!("{name}: accepted")),
+            Err(_) => failures.push(format!("{name}: panicked")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The model that served the bad requests still generates exactly like a fresh one.
+    let fresh = Llada::from_dir(fixture(), &device).unwrap();
+    let run = |m: &Llada| {
+        sampler(16, 16, 8)
+            .init()
+            .unwrap()
+            .generate(
+                m,
+                &ok_prompt,
+                &mut dllm_cache::DllmCacheConfig::new().init().unwrap(),
+            )
+            .unwrap()
+            .sequences
+    };
+    assert_eq!(run(&model), run(&fresh));
+}
