@@ -210,6 +210,9 @@ fn load(dir: PathBuf) -> Result<(), Error> {
 
 type Check = fn(&Error) -> bool;
 
+/// A bad input: its name, the call, and what its error must be.
+type Case<'a> = (&'static str, Box<dyn Fn() -> Result<(), Error> + 'a>, Check);
+
 /// Every bad input of the public API, the error it must produce, and no panic; afterwards the
 /// model that saw the bad generation requests still generates exactly as a fresh one.
 #[test]
@@ -233,7 +236,7 @@ fn bad_inputs_return_their_exact_error() {
             )
             .map(|_| ())
     };
-    let cases: Vec<(&str, Box<dyn Fn() -> Result<(), Error> + '_>, Check)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         // Checkpoints.
         (
             "empty directory",
