@@ -683,3 +683,45 @@ fn bad_inputs_return_their_exact_error() {
     };
     assert_eq!(run(&model), run(&fresh));
 }
+
+/// A deterministic stand-in for the cargo-fuzz target (`fuzz/`), run with every test suite:
+/// thousands of random mutations of a real checkpoint header and of both configs must give
+/// `Ok` or `Err`, never a panic.
+#[test]
+fn mutated_headers_and_configs_never_panic() {
+    let weights = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    // Header plus the first bytes of data; the parser sees the whole (short) buffer.
+    let base = weights[..(8 + n + 64).min(weights.len())].to_vec();
+    let configs = [config_json("llada").to_string(), config_json("dream").to_string()];
+    let mut rng = dllm_cache::SplitMix64::new(99);
+    let mut mutate = |bytes: &mut Vec<u8>| {
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let at = (rng.next_u64() % bytes.len() as u64) as usize;
+            match rng.next_u64() % 4 {
+                0 => bytes[at] = rng.next_u64() as u8,
+                1 => bytes[at] = b"0123456789[]{},:\"-eE."[(rng.next_u64() % 21) as usize],
+                2 => bytes.truncate(at.max(1)),
+                _ => bytes.insert(at, rng.next_u64() as u8),
+            }
+        }
+    };
+    for i in 0..3000 {
+        let mut header = base.clone();
+        mutate(&mut header);
+        let result = std::panic::catch_unwind(|| dllm_cache::model::inspect_safetensors(&header));
+        assert!(result.is_ok(), "header mutation {i} panicked");
+        let mut config = configs[i % 2].clone().into_bytes();
+        mutate(&mut config);
+        if let Ok(text) = std::str::from_utf8(&config) {
+            let result = std::panic::catch_unwind(|| {
+                let _ = LladaConfig::from_json(text);
+                let _ = dllm_cache::DreamConfig::from_json(text);
+            });
+            assert!(result.is_ok(), "config mutation {i} panicked: {text}");
+        }
+    }
+    // The unmutated header parses and lists every tensor.
+    let full = dllm_cache::model::inspect_safetensors(&weights).unwrap();
+    assert_eq!(full.len(), fixture_tensors().len());
+}

@@ -365,39 +365,71 @@ impl Checkpoint {
 
 /// Reads and validates one safetensors header without reading the data.
 fn read_header(path: &Path) -> Result<(Shard, Metadata)> {
-    let bad = |reason: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if file_len < 8 {
+    let (data_start, metadata) = parse_header(&mut file, file_len)
+        .map_err(|e| e.into_error(path))?;
+    Ok((
+        Shard {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+        },
+        metadata,
+    ))
+}
+
+/// Why a header is rejected, before a file name is attached.
+pub(crate) enum HeaderError {
+    Io(std::io::Error),
+    Invalid(String),
+}
+
+impl HeaderError {
+    pub(crate) fn into_error(self, path: &Path) -> Error {
+        match self {
+            HeaderError::Io(e) => Error::io(path, e),
+            HeaderError::Invalid(reason) => Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason,
+            },
+        }
+    }
+}
+
+/// Validates the header of a safetensors stream of `total_len` bytes read from its start:
+/// the length prefix, the JSON (dtypes, shapes, contiguous non-overlapping offsets) and that
+/// the data region has exactly the size the header describes. Returns the data offset.
+pub(crate) fn parse_header(
+    reader: &mut impl Read,
+    total_len: u64,
+) -> std::result::Result<(u64, Metadata), HeaderError> {
+    let bad = HeaderError::Invalid;
+    if total_len < 8 {
         return Err(bad(format!(
-            "file is {file_len} bytes, too short for a safetensors header"
+            "file is {total_len} bytes, too short for a safetensors header"
         )));
     }
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut len_bytes).map_err(HeaderError::Io)?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES {
         return Err(bad(format!(
             "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
         )));
     }
-    if header_len > file_len - 8 {
+    if header_len > total_len - 8 {
         return Err(bad(format!(
-            "header length {header_len} is larger than the file ({file_len} bytes)"
+            "header length {header_len} is larger than the file ({total_len} bytes)"
         )));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut header).map_err(HeaderError::Io)?;
     let metadata: Metadata =
         serde_json::from_slice(&header).map_err(|e| bad(format!("invalid header: {e}")))?;
     let data_start = 8 + header_len;
     let data_len = metadata.data_len() as u64;
-    let available = file_len - data_start;
+    let available = total_len - data_start;
     if data_len > available {
         return Err(bad(format!(
             "header describes {data_len} bytes of tensor data but the file holds {available} (truncated?)"
@@ -408,14 +440,40 @@ fn read_header(path: &Path) -> Result<(Shard, Metadata)> {
             "file holds {available} bytes of tensor data but the header describes only {data_len}"
         )));
     }
-    Ok((
-        Shard {
-            path: path.to_path_buf(),
-            file,
-            data_start,
-        },
-        metadata,
-    ))
+    Ok((data_start, metadata))
+}
+
+/// One tensor listed in a safetensors header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorHeader {
+    /// Checkpoint name.
+    pub name: String,
+    /// Stored dtype (`"F32"`, `"BF16"`, ...).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// Lists the tensors of a safetensors file held in memory, after the same validation the
+/// loader applies (sorted by name).
+///
+/// # Errors
+/// [`Error::Checkpoint`] (with the path `<memory>`) for a malformed header.
+pub fn inspect_safetensors(bytes: &[u8]) -> Result<Vec<TensorHeader>> {
+    let mut reader = bytes;
+    let (_, metadata) = parse_header(&mut reader, bytes.len() as u64)
+        .map_err(|e| e.into_error(Path::new("<memory>")))?;
+    let mut out: Vec<TensorHeader> = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| TensorHeader {
+            name,
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// Row-major `[rows, cols]` to `[cols, rows]`, blocked for cache locality.

@@ -15,7 +15,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 
 pub use block::Block;
-pub use loader::SaveDtype;
+pub use loader::{SaveDtype, TensorHeader, inspect_safetensors};
 
 /// Root-mean-square layer norm as LLaDA and Dream compute it: normalise in float32, cast back
 /// to the activation dtype, then scale by the weight in that dtype.

@@ -161,7 +161,7 @@ pub(crate) fn validate_ragged_prompts(
         ));
     }
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let len = p + gen_length;
+    let len = p.saturating_add(gen_length);
     if len > model.max_seq_len() {
         return Err(Error::SequenceTooLong {
             len,
