@@ -7,10 +7,13 @@ use super::Segment;
 /// The cached features of one segment of one layer.
 #[derive(Debug, Clone)]
 pub(crate) struct Features {
-    /// Key projection before the rotary embedding, `[batch, rows, kv_dim]`.
-    pub k: Tensor<3>,
-    /// Value projection, `[batch, rows, kv_dim]`.
-    pub v: Tensor<3>,
+    /// Key projection, rotated with its absolute positions, `[batch, kv_heads, rows, head_dim]`.
+    /// The reference caches keys before the rotation and rotates the whole key sequence at
+    /// every call; rotation is elementwise per row, so storing rotated keys gives the same bits
+    /// without redoing it.
+    pub k: Tensor<4>,
+    /// Value projection, `[batch, kv_heads, rows, head_dim]`.
+    pub v: Tensor<4>,
     /// Attention output after the output projection, `[batch, rows, d_model]`.
     pub attn: Tensor<3>,
     /// FFN output after the down projection, `[batch, rows, d_model]`.
@@ -19,15 +22,16 @@ pub(crate) struct Features {
 
 impl Features {
     fn bytes(&self) -> usize {
-        [&self.k, &self.v, &self.attn, &self.ffn]
-            .iter()
-            .map(|t| t.shape().num_elements() * t.dtype().size())
-            .sum()
+        let size = |n: usize, t: burn::tensor::DType| n * t.size();
+        size(self.k.shape().num_elements(), self.k.dtype())
+            + size(self.v.shape().num_elements(), self.v.dtype())
+            + size(self.attn.shape().num_elements(), self.attn.dtype())
+            + size(self.ffn.shape().num_elements(), self.ffn.dtype())
     }
 }
 
-/// The features a cache policy can reuse: per layer and per [`Segment`], the keys and values
-/// (before the rotary embedding), the attention output and the FFN output.
+/// The features a cache policy can reuse: per layer and per [`Segment`], the keys (rotated)
+/// and values, the attention output and the FFN output.
 ///
 /// Create one per generation (samplers do this for you) and pass it to every forward of that
 /// generation through [`StepContext`](crate::StepContext). It is a plain value, not shared

@@ -103,20 +103,18 @@ impl Block {
         x.reshape([b, n, heads, self.head_dim]).swap_dims(1, 2)
     }
 
-    /// Multi-head attention of `q` (already rotated, `[b, h, nq, hd]`) over pre-RoPE keys and
-    /// values of the whole sequence (`[b, seq, kv_dim]`), output projected: `[b, nq, d]`.
+    /// Multi-head attention of `q` (rotated, `[b, h, nq, hd]`) over the keys (rotated) and
+    /// values of the whole sequence (`[b, kv_heads, seq, hd]`), output projected: `[b, nq, d]`.
     fn attend(
         &self,
         q: Tensor<4>,
-        k: Tensor<3>,
-        v: Tensor<3>,
+        k: Tensor<4>,
+        v: Tensor<4>,
         env: &LayerEnv<'_>,
         flops: &mut FlopCounter,
     ) -> Tensor<3> {
         let [b, h, nq, hd] = q.dims();
-        let [_, seq, _] = k.dims();
-        let k = env.rope.apply(self.heads(k, self.n_kv_heads));
-        let v = self.heads(v, self.n_kv_heads);
+        let [_, _, seq, _] = k.dims();
         let (k, v) = if self.n_kv_heads == self.n_heads {
             (k, v)
         } else {
@@ -201,16 +199,16 @@ impl Block {
             return Ok(w);
         }
         let [b, _, _] = x.dims();
+        let expected = [b, self.n_kv_heads, len, self.head_dim];
         let cached = match ctx.cache.get(layer, segment) {
-            Some(f) if f.v.dims() == [b, len, self.kv_dim()] => Some(f),
+            Some(f) if f.v.dims() == expected => Some(f),
             Some(f) => {
                 return Err(Error::Policy {
                     layer,
                     reason: format!(
-                        "cached {segment:?} features have shape {:?} but this pass has {:?}; \
+                        "cached {segment:?} values have shape {:?} but this pass has {expected:?}; \
                          use a fresh FeatureCache for each generation",
                         f.v.dims(),
-                        [b, len, self.kv_dim()]
                     ),
                 });
             }
@@ -220,10 +218,16 @@ impl Block {
         if probe_wanted {
             let h = self.attn_norm.forward(x.clone().narrow(1, offset, len));
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
-            let cached_v = &cached.expect("checked above").v;
+            // Policies see values as rows, `[b, rows, kv_dim]`.
+            let cached_v = cached
+                .expect("checked above")
+                .v
+                .clone()
+                .swap_dims(1, 2)
+                .reshape([b, len, self.kv_dim()]);
             let probe = Probe {
                 fresh_v: &fresh_v,
-                cached_v,
+                cached_v: &cached_v,
             };
             w.refresh = ctx.policy.plan(layer, segment, Some(probe))?;
             w.h = Some(h);
@@ -273,6 +277,8 @@ impl Block {
         let k = self.proj(&self.k, h.clone(), flops);
         let v = self.proj(&self.v, h, flops);
         let q = env.rope.apply(self.heads(q, self.n_heads));
+        let k = env.rope.apply(self.heads(k, self.n_kv_heads));
+        let v = self.heads(v, self.n_kv_heads);
         let attn = self.attend(q, k.clone(), v.clone(), env, flops);
         let x = x + attn.clone();
         let ffn = self.ffn(x.clone(), flops);
@@ -285,8 +291,8 @@ impl Block {
                         layer,
                         segment,
                         Features {
-                            k: cut(&k),
-                            v: cut(&v),
+                            k: k.clone().narrow(2, offset, len),
+                            v: v.clone().narrow(2, offset, len),
                             attn: cut(&attn),
                             ffn: cut(&ffn),
                         },
@@ -311,6 +317,11 @@ impl Block {
         b: usize,
     ) -> Tensor<3> {
         let d = self.d_model();
+        // The probe's fresh values of every row replace the cached ones.
+        let fresh_or_cached = |fresh: &Option<Tensor<3>>, c: &Features| match fresh {
+            Some(v) => self.heads(v.clone(), self.n_kv_heads),
+            None => c.v.clone(),
+        };
         // Keys/values of each segment after this step's updates, and the queries to run.
         let mut keys = Vec::with_capacity(2);
         let mut values = Vec::with_capacity(2);
@@ -329,24 +340,26 @@ impl Block {
                         w.h.clone()
                             .unwrap_or_else(|| self.attn_norm.forward(x_seg()));
                     let q = self.proj(&self.q, h.clone(), flops);
-                    keys.push(self.proj(&self.k, h.clone(), flops));
-                    values.push(match &w.fresh_v {
+                    let k = self.proj(&self.k, h.clone(), flops);
+                    let v = match &w.fresh_v {
                         Some(v) => v.clone(),
                         None => self.proj(&self.v, h, flops),
-                    });
+                    };
                     let rope = env.rope.rows(w.offset, w.offset + w.len);
+                    keys.push(rope.apply(self.heads(k, self.n_kv_heads)));
+                    values.push(self.heads(v, self.n_kv_heads));
                     queries.push(rope.apply(self.heads(q, self.n_heads)));
                     query_rows[s] = w.len;
                 }
                 Refresh::Reuse => {
                     let c = cached.expect("validated in plan_segment");
                     keys.push(c.k.clone());
-                    values.push(w.fresh_v.clone().unwrap_or_else(|| c.v.clone()));
+                    values.push(fresh_or_cached(&w.fresh_v, c));
                 }
                 Refresh::Rows(idx) if idx.dims()[1] == 0 => {
                     let c = cached.expect("validated in plan_segment");
                     keys.push(c.k.clone());
-                    values.push(w.fresh_v.clone().unwrap_or_else(|| c.v.clone()));
+                    values.push(fresh_or_cached(&w.fresh_v, c));
                 }
                 Refresh::Rows(idx) => {
                     let c = cached.expect("validated in plan_segment");
@@ -357,22 +370,23 @@ impl Block {
                     };
                     let q = self.proj(&self.q, h_sel.clone(), flops);
                     let k = self.proj(&self.k, h_sel.clone(), flops);
-                    keys.push(scatter_rows(c.k.clone(), idx, k));
+                    let rope = env.rope.gather(idx, w.offset);
+                    let k = rope.apply(self.heads(k, self.n_kv_heads));
+                    keys.push(scatter_head_rows(c.k.clone(), idx, k));
                     values.push(match &w.fresh_v {
-                        Some(v) => v.clone(),
+                        Some(_) => fresh_or_cached(&w.fresh_v, c),
                         None => {
                             let v = self.proj(&self.v, h_sel, flops);
-                            scatter_rows(c.v.clone(), idx, v)
+                            scatter_head_rows(c.v.clone(), idx, self.heads(v, self.n_kv_heads))
                         }
                     });
-                    let rope = env.rope.gather(idx, w.offset);
                     queries.push(rope.apply(self.heads(q, self.n_heads)));
                     query_rows[s] = n;
                 }
             }
         }
-        let k_all = Tensor::cat(keys.clone(), 1);
-        let v_all = Tensor::cat(values.clone(), 1);
+        let k_all = Tensor::cat(keys.clone(), 2);
+        let v_all = Tensor::cat(values.clone(), 2);
 
         // Attention for the recomputed rows of both segments in one call.
         let total_q: usize = query_rows.iter().sum();
@@ -504,6 +518,20 @@ pub(crate) fn scatter_rows(t: Tensor<3>, idx: &Tensor<2, Int>, rows: Tensor<3>) 
     }
     let index = idx.clone().reshape([b, k, 1]).expand([b, k, d]);
     t.scatter(1, index, rows, IndexingUpdateOp::Assign)
+}
+
+/// `t` with rows `idx[b, j]` of every head replaced by `rows[b, :, j]`.
+///
+/// # Shapes
+/// - `t`: `[b, heads, n, hd]`, `idx`: `[b, k]`, `rows`: `[b, heads, k, hd]`.
+fn scatter_head_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Tensor<4> {
+    let [b, heads, _, hd] = t.dims();
+    let [_, k] = idx.dims();
+    if b == 1 {
+        return t.select_assign(2, idx.clone().reshape([k]), rows, IndexingUpdateOp::Assign);
+    }
+    let index = idx.clone().reshape([b, 1, k, 1]).expand([b, heads, k, hd]);
+    t.scatter(2, index, rows, IndexingUpdateOp::Assign)
 }
 
 /// Reads a `[b, k]` index tensor to the host.
