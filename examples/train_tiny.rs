@@ -69,6 +69,9 @@ struct Args {
     /// Evaluate exact-match accuracy on held-out problems every this many steps.
     #[arg(long, default_value_t = 500)]
     eval_every: usize,
+    /// Continue from a saved model folder instead of random weights (sizes come from its config).
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Train on CUDA device 0 (needs the `cuda` feature).
     #[arg(long)]
     cuda: bool,
@@ -182,13 +185,21 @@ fn accuracy(model: &Llada, n: usize) -> dllm_cache::Result<f64> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let device = device(a.cuda).autodiff();
-    let config = config(&a);
-    let mut model = Llada::random(config.clone(), a.seed, &device)?;
+    let (config, mut model) = match &a.init {
+        Some(dir) => {
+            let model = Llada::from_dir(dir, &device)?;
+            (model.config().clone(), model)
+        }
+        None => {
+            let config = config(&a);
+            (config.clone(), Llada::random(config, a.seed, &device)?)
+        }
+    };
     println!(
         "training {} parameters ({} layers, d_model {}) for {} steps of {} problems",
         config.num_params(),
-        a.layers,
-        a.d_model,
+        config.n_layers,
+        config.d_model,
         a.steps,
         a.batch
     );
@@ -252,6 +263,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&a.out)?;
     model.save_dir(&a.out, SaveDtype::F32)?;
     write_tokenizer(&a.out)?;
+    // The command lines that produced this model: earlier stages from the --init model's card.
+    let mut commands: Vec<String> = a
+        .init
+        .as_ref()
+        .and_then(|dir| std::fs::read_to_string(dir.join("README.md")).ok())
+        .map(|card| card.lines().filter(|l| l.starts_with("    cargo run")).map(str::to_string).collect())
+        .unwrap_or_default();
+    commands.push(format!(
+        "    cargo run --release --features train --example train_tiny -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    ));
     let (_, final_loss, _) = history.last().copied().unwrap_or((0, f64::NAN, 0.0));
     let card = format!(
         "# tiny-llada\n\n\
@@ -263,24 +285,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          strings (copy, reverse, +1 on every digit mod 10, or 9 - digit) and a query `ddddd>`; the answer \
          applies the operation to the query, then EOS up to 8 tokens. Exact match. Held-out problems (prompt \
          hash = 0 mod 10) are never trained on.\n\n\
-         **Training.** `cargo run --release --features train --example train_tiny -- --out {out} --steps {steps} \
-         --batch {batch} --lr {lr} --seed {seed}`: AdamW (weight decay 0.01, clip 1.0), {warmup} warm-up steps, \
-         cosine decay, {secs:.0} s on {device}.\n\n\
+         **Training.** AdamW (weight decay 0.01, clip 1.0), warm-up then cosine decay of the learning \
+         rate; this stage took {secs:.0} s on {device}. Commands, in order:\n\n{commands}\n\n\
          **Result.** Final smoothed loss {final_loss:.4}; exact match on 500 held-out problems (greedy, 8 steps, \
          no cache): {acc:.1}%. `cargo run --release --example eval_tiny` measures it with and without the cache.\n\n\
          Training curve (step, smoothed loss, exact match on 64 held-out problems):\n\n{curve}\n",
         params = config.num_params(),
-        layers = a.layers,
-        d = a.d_model,
-        heads = a.heads,
-        mlp = a.mlp,
+        layers = config.n_layers,
+        d = config.d_model,
+        heads = config.n_heads,
+        mlp = config.mlp_hidden_size,
         vocab = vocab_size(),
-        out = a.out.display(),
-        steps = a.steps,
-        batch = a.batch,
-        lr = a.lr,
-        seed = a.seed,
-        warmup = a.warmup,
+        commands = commands.join("\n"),
         secs = started.elapsed().as_secs_f64(),
         device = if a.cuda {
             "CUDA"

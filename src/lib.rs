@@ -73,3 +73,8 @@ pub use tokenizer::{ChatMessage, Tokenizer};
 
 /// Re-export of the burn version this crate is built on.
 pub use burn;
+
+/// The README's code examples, compiled as doctests so that they stay correct.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
