@@ -11,12 +11,14 @@
 //! reports the mean time, generated tokens per second, FLOPs executed (paper convention and
 //! full total), peak cache bytes, the backend and the thread count. `--model` takes a
 //! Hugging Face LLaDA or Dream folder (detected from `config.json`'s `model_type`);
-//! `--random` builds a seeded random LLaDA-shaped model of the given sizes.
+//! `--random` builds a seeded random LLaDA-shaped model of the given sizes. `--device` and
+//! `--dtype` pick the backend and float type (for example `--device vulkan --dtype f16` with
+//! the `vulkan` feature, see `scripts/gpu-bench.sh`).
 
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use dllm_cache::burn::tensor::Device;
+use dllm_cache::burn::tensor::FloatDType;
 use dllm_cache::{
     CachePolicy, Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, GenerationOutput,
     Llada, LladaConfig, LladaSamplerConfig, NoCache,
@@ -64,6 +66,22 @@ struct Args {
     /// Print only the JSON object.
     #[arg(long)]
     json: bool,
+    /// Device: flex, ndarray, cuda[:N], vulkan[:N] (as the build's features allow).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Float type of weights and activations on the device.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    /// Random weights drawn on the device (fast for 8B shapes; not reproducible).
+    #[arg(long)]
+    device_random: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
 }
 
 enum Model {
@@ -94,7 +112,16 @@ fn parse_random(spec: &str) -> Result<LladaConfig, String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
-    let device = Device::flex();
+    let mut device = dllm_cache::device_from_name(&a.device)?;
+    // The float type must be configured before the first tensor is created on the device.
+    let float = match a.dtype {
+        Dtype::F32 => FloatDType::F32,
+        Dtype::F16 => FloatDType::F16,
+        Dtype::Bf16 => FloatDType::BF16,
+    };
+    device
+        .configure(float)
+        .map_err(|e| format!("cannot use {float:?} on {}: {e:?}", a.device))?;
     let (model, name) = match (&a.model, &a.random) {
         (Some(dir), _) => {
             let config: serde_json::Value =
@@ -185,7 +212,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let json = serde_json::json!({
         "model": name,
-        "backend": if cfg!(feature = "x86-v4") { "flex+x86-v4" } else { "flex" },
+        "device": a.device,
+        "dtype": format!("{:?}", a.dtype).to_lowercase(),
+        "backend": if a.device == "flex" && cfg!(feature = "x86-v4") { "flex+x86-v4".to_string() } else { a.device.clone() },
         "threads": threads,
         "policy": policy.name(),
         "batch": a.batch,

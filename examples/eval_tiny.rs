@@ -81,6 +81,8 @@ fn settings() -> Vec<Setting> {
 
 struct Outcome {
     accuracy: f64,
+    /// (operation, correct, total)
+    by_op: Vec<(Op, usize, usize)>,
     flops: FlopCounter,
     seconds: f64,
 }
@@ -112,14 +114,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let mut flops = FlopCounter::new();
         let mut correct = 0;
+        let mut by_op: Vec<(Op, usize, usize)> = Op::ALL.iter().map(|&op| (op, 0, 0)).collect();
         let started = Instant::now();
         for (p, prompt) in problems.iter().zip(&prompts) {
             let out = sampler.generate(&model, std::slice::from_ref(prompt), policy.as_mut())?;
             flops += out.stats.flops;
-            correct += usize::from(decode_answer(out.response(0)) == p.answer);
+            let ok = decode_answer(out.response(0)) == p.answer;
+            correct += usize::from(ok);
+            if let Some(entry) = by_op.iter_mut().find(|e| e.0 == p.op) {
+                entry.1 += usize::from(ok);
+                entry.2 += 1;
+            }
         }
         outcomes.push(Outcome {
             accuracy: correct as f64 / problems.len() as f64,
+            by_op,
             flops,
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -132,6 +141,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({
                 "setting": s.name,
                 "accuracy": o.accuracy,
+                "accuracy_by_op": o.by_op.iter().map(|(op, c, n)| {
+                    (format!("{op:?}").to_lowercase(), serde_json::json!(*c as f64 / (*n).max(1) as f64))
+                }).collect::<serde_json::Map<_, _>>(),
                 "flops_reduction": base.flops.total() as f64 / o.flops.total() as f64,
                 "speedup": base.seconds / o.seconds,
                 "seconds": o.seconds,
@@ -153,13 +165,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{} held-out problems, greedy, {GEN_LENGTH} steps for {GEN_LENGTH} tokens\n",
             problems.len()
         );
-        println!("| setting | exact match | FLOPs reduction | wall-clock speedup |");
-        println!("|---|---:|---:|---:|");
+        println!(
+            "| setting | exact match | copy | +1 | +5 | 9-d | FLOPs reduction | wall-clock speedup |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &rows {
+            let op = |name: &str| 100.0 * r["accuracy_by_op"][name].as_f64().unwrap_or(0.0);
             println!(
-                "| {} | {:.1}% | {:.2}x | {:.2}x |",
+                "| {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2}x | {:.2}x |",
                 r["setting"].as_str().unwrap_or_default(),
                 100.0 * r["accuracy"].as_f64().unwrap_or(0.0),
+                op("copy"),
+                op("increment"),
+                op("addfive"),
+                op("complement"),
                 r["flops_reduction"].as_f64().unwrap_or(0.0),
                 r["speedup"].as_f64().unwrap_or(0.0)
             );

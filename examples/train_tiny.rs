@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The task (see `examples/shared/tiny_task.rs`): a prompt shows six worked examples of a
-//! hidden digit operation (copy, reverse, +1 per digit, 9 - digit) on 5-digit strings, then a
+//! hidden digit operation (copy, +1 per digit, +5 per digit, 9 - digit) on 5-digit strings, then a
 //! query; the answer applies the operation to the query, padded with EOS to 8 tokens.
 //! Objective: prompt tokens are never masked; each response token is masked with probability
 //! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
@@ -268,7 +268,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init
         .as_ref()
         .and_then(|dir| std::fs::read_to_string(dir.join("README.md")).ok())
-        .map(|card| card.lines().filter(|l| l.starts_with("    cargo run")).map(str::to_string).collect())
+        .map(|card| {
+            card.lines()
+                .filter(|l| l.starts_with("    cargo run"))
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     commands.push(format!(
         "    cargo run --release --features train --example train_tiny -- {}",
@@ -282,7 +287,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          diffusion objective of LLaDA's supervised fine-tuning. It exists so that the examples show real answers \
          and the cache's effect on answer quality can be measured; it knows nothing else.\n\n\
          **Task.** The prompt shows six worked examples `ddddd>ddddd;` of one hidden operation on 5-digit \
-         strings (copy, reverse, +1 on every digit mod 10, or 9 - digit) and a query `ddddd>`; the answer \
+         strings (copy, +1 on every digit mod 10, +5 mod 10, or 9 - digit) and a query `ddddd>`; the answer \
          applies the operation to the query, then EOS up to 8 tokens. Exact match. Held-out problems (prompt \
          hash = 0 mod 10) are never trained on.\n\n\
          **Training.** AdamW (weight decay 0.01, clip 1.0), warm-up then cosine decay of the learning \

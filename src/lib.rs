@@ -47,6 +47,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 pub mod cache;
 mod denoiser;
 mod error;
@@ -57,6 +58,7 @@ mod rng;
 pub mod sampler;
 pub mod tokenizer;
 
+pub use backend::{available_devices, device_from_name};
 pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache};
 pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext, StepInfo};
 pub use error::{Error, Result};

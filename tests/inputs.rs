@@ -693,7 +693,10 @@ fn mutated_headers_and_configs_never_panic() {
     let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
     // Header plus the first bytes of data; the parser sees the whole (short) buffer.
     let base = weights[..(8 + n + 64).min(weights.len())].to_vec();
-    let configs = [config_json("llada").to_string(), config_json("dream").to_string()];
+    let configs = [
+        config_json("llada").to_string(),
+        config_json("dream").to_string(),
+    ];
     let mut rng = dllm_cache::SplitMix64::new(99);
     let mut mutate = |bytes: &mut Vec<u8>| {
         for _ in 0..1 + rng.next_u64() % 4 {

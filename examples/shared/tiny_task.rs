@@ -1,8 +1,8 @@
 //! The task of the embedded tiny model: infer a digit operation from worked examples.
 //!
 //! A prompt shows [`EXAMPLES`] worked examples `ddddd>ddddd;` of one hidden operation on
-//! 5-digit strings (copy, reverse, add 1 to every digit modulo 10, or replace every digit d by
-//! 9 - d), then a query `ddddd>`. The answer applies the same operation to the query: 5 digits,
+//! 5-digit strings (copy, add 1 to every digit modulo 10, add 5 modulo 10, or replace every
+//! digit d by 9 - d), then a query `ddddd>`. The answer applies the same operation to the query: 5 digits,
 //! then EOS up to [`GEN_LENGTH`] tokens. The answer depends on the whole static prompt (about
 //! 80 characters): the operation is only visible in the examples, as in the few-shot
 //! benchmarks of the paper. Checked by exact match. Tokens are characters.
@@ -24,22 +24,25 @@ pub const EXAMPLES: usize = 6;
 pub const DIGITS: usize = 5;
 
 /// The hidden operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Copy,
-    Reverse,
     Increment,
+    AddFive,
     Complement,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Copy, Op::Reverse, Op::Increment, Op::Complement];
+    pub const ALL: [Op; 4] = [Op::Copy, Op::Increment, Op::AddFive, Op::Complement];
 
     pub fn apply(self, digits: &str) -> String {
         let d = |c: char| c.to_digit(10).expect("a digit");
         match self {
             Op::Copy => digits.to_string(),
-            Op::Reverse => digits.chars().rev().collect(),
+            Op::AddFive => digits
+                .chars()
+                .map(|c| char::from(b'0' + ((d(c) + 5) % 10) as u8))
+                .collect(),
             Op::Increment => digits
                 .chars()
                 .map(|c| char::from(b'0' + ((d(c) + 1) % 10) as u8))
@@ -67,6 +70,8 @@ pub struct Problem {
     pub prompt: String,
     /// Expected answer text.
     pub answer: String,
+    /// The hidden operation.
+    pub op: Op,
 }
 
 /// Characters of the vocabulary, in id order; special tokens follow.
@@ -130,6 +135,7 @@ pub fn random_problem(rng: &mut SplitMix64) -> Problem {
     Problem {
         answer: op.apply(&query),
         prompt,
+        op,
     }
 }
 

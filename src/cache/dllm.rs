@@ -170,9 +170,11 @@ impl CachePolicy for DllmCache {
 
 /// Per batch row, the `k` rows whose fresh and cached values are least cosine-similar.
 fn least_similar(probe: Probe<'_>, k: usize) -> Tensor<2, burn::tensor::Int> {
+    // In float32 whatever the activation dtype: similarities near 1 differ in the 4th digit.
     let unit = |t: &Tensor<3>| {
+        let t = t.clone().cast(burn::tensor::DType::F32);
         let norm = t.clone().square().sum_dim(2).sqrt().clamp_min(1e-8);
-        t.clone() / norm
+        t / norm
     };
     let cos: Tensor<2> = (unit(probe.fresh_v) * unit(probe.cached_v))
         .sum_dim(2)

@@ -431,6 +431,19 @@ impl Llada {
         Ok(Self { backbone, config })
     }
 
+    /// A model with random weights drawn on the device by burn's own generator: seconds
+    /// instead of minutes for 8B shapes, but not reproducible across backends or runs. For
+    /// throughput benchmarks only; use [`random`](Self::random) for anything that compares
+    /// outputs.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the config is invalid.
+    pub fn random_unseeded(config: LladaConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let backbone = super::random_backbone_on_device(&config.arch(), device);
+        Ok(Self { backbone, config })
+    }
+
     /// The config.
     pub fn config(&self) -> &LladaConfig {
         &self.config

@@ -367,8 +367,8 @@ impl Checkpoint {
 fn read_header(path: &Path) -> Result<(Shard, Metadata)> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let (data_start, metadata) = parse_header(&mut file, file_len)
-        .map_err(|e| e.into_error(path))?;
+    let (data_start, metadata) =
+        parse_header(&mut file, file_len).map_err(|e| e.into_error(path))?;
     Ok((
         Shard {
             path: path.to_path_buf(),

@@ -307,6 +307,52 @@ pub(crate) fn random_backbone(a: &Arch, seed: u64, device: &Device) -> Backbone 
     }
 }
 
+/// Random weights drawn on the device by burn's generator (fast for billions of parameters,
+/// not reproducible across backends): for throughput benchmarks of large shapes, where the
+/// host-side seeded draw of [`random_backbone`] would take minutes.
+pub(crate) fn random_backbone_on_device(a: &Arch, device: &Device) -> Backbone {
+    use burn::tensor::Distribution;
+    let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
+        weight: Param::from_tensor(Tensor::random(
+            [d_in, d_out],
+            Distribution::Normal(0.0, (1.0 / d_in as f64).sqrt()),
+            device,
+        )),
+        bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+    };
+    let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), a.eps);
+    let d = a.d_model;
+    let kv = a.n_kv_heads * a.head_dim();
+    let blocks = (0..a.n_layers)
+        .map(|_| Block {
+            attn_norm: norm(d),
+            q: linear(d, d, a.qkv_bias),
+            k: linear(d, kv, a.qkv_bias),
+            v: linear(d, kv, a.qkv_bias),
+            o: linear(d, d, false),
+            ffn_norm: norm(d),
+            gate: linear(d, a.d_ff, false),
+            up: linear(d, a.d_ff, false),
+            down: linear(a.d_ff, d, false),
+            n_heads: a.n_heads,
+            n_kv_heads: a.n_kv_heads,
+            head_dim: a.head_dim(),
+        })
+        .collect();
+    Backbone {
+        embed: Embedding {
+            weight: Param::from_tensor(Tensor::random(
+                [a.vocab_rows, d],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+        },
+        blocks,
+        norm: norm(d),
+        head: linear(d, a.vocab_rows, false),
+    }
+}
+
 impl Backbone {
     /// One forward pass: validates the tokens against the context, builds rotary tables (and,
     /// for left-padded batches, per-row positions counted from each row's first real token and
