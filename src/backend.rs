@@ -58,7 +58,7 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         "vulkan" => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(
             index.unwrap_or(0),
         ))),
-        "flex" | "ndarray" | "cuda" | "vulkan" => Err(missing()),
+        known if ["flex", "ndarray", "cuda", "vulkan"].contains(&known) => Err(missing()),
         _ => Err(Error::invalid(
             "device",
             format!(
