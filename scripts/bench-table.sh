@@ -4,7 +4,8 @@
 # FLOPs reduction next to wall-clock speedup.
 #
 #   scripts/bench-table.sh                 # defaults below
-#   PROMPTS="256 1024" REPEAT=2 FEATURES=x86-v4 scripts/bench-table.sh
+#   PROMPTS="256 1024" REPEAT=2 scripts/bench-table.sh
+#   CARGO_ARGS="--no-default-features --features flex" scripts/bench-table.sh   # without x86-v4
 #
 # Needs python3 for formatting the JSON lines.
 set -euo pipefail
@@ -15,11 +16,11 @@ GEN=${GEN:-64}
 STEPS=${STEPS:-64}
 BLOCK=${BLOCK:-16}
 MODEL=${MODEL:-"d_model=512,layers=8,heads=8,mlp=1376,vocab=32000"}
-FEATURES=${FEATURES:-}
+CARGO_ARGS=${CARGO_ARGS:-}
 POLICIES=${POLICIES:-"none dllm:100:7 dllm:25:5"}
 EXTRA=${EXTRA:-}
 
-cargo build --release --example bench_generate ${FEATURES:+--features $FEATURES} >&2
+cargo build --release --example bench_generate $CARGO_ARGS >&2
 out=$(mktemp)
 for p in $PROMPTS; do
   for pol in $POLICIES; do
