@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::block::Backbone;
 use super::loader::{Checkpoint, DREAM_NAMES};
 use super::{Arch, ArchNames};
-use crate::denoiser::{Denoiser, SpecialTokens, StepContext, StepInfo};
+use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
 use crate::error::{Error, Result};
 
 /// Dream hyper-parameters, resolved from a Hugging Face `config.json`.
@@ -319,25 +319,8 @@ impl Dream {
         &self,
         tokens: Tensor<2, Int>,
     ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
-        let [_, seq] = tokens.dims();
-        let mut policy = crate::cache::NoCache;
-        let mut cache = crate::cache::FeatureCache::new();
-        let mut flops = crate::flops::FlopCounter::new();
-        let info = StepInfo {
-            index: 0,
-            prompt_len: seq,
-            response_len: 0,
-        };
-        let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops);
-        let mut hidden = Vec::with_capacity(self.config.num_hidden_layers + 1);
-        let logits = self.backbone.forward(
-            &self.config.arch(),
-            tokens,
-            &mut ctx,
-            0..seq,
-            Some(&mut hidden),
-        )?;
-        Ok((logits, hidden))
+        self.backbone
+            .forward_with_hidden(&self.config.arch(), tokens)
     }
 }
 

@@ -480,19 +480,8 @@ impl Llada {
         &self,
         tokens: Tensor<2, Int>,
     ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
-        let [_, seq] = tokens.dims();
-        let mut policy = crate::cache::NoCache;
-        let mut cache = crate::cache::FeatureCache::new();
-        let mut flops = crate::flops::FlopCounter::new();
-        let info = crate::denoiser::StepInfo {
-            index: 0,
-            prompt_len: seq,
-            response_len: 0,
-        };
-        let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops);
-        let mut hidden = Vec::with_capacity(self.config.n_layers + 1);
-        let logits = self.run(tokens, &mut ctx, Some(&mut hidden))?;
-        Ok((logits, hidden))
+        self.backbone
+            .forward_with_hidden(&self.config.arch(), tokens)
     }
 
     fn run(

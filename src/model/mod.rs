@@ -359,6 +359,28 @@ impl Backbone {
     /// a key mask that hides the padding), runs every block under the context's policy and the
     /// LM head on hidden rows `head_rows`.
     ///
+    /// A plain forward (no cache, every position) that also returns the hidden states: the
+    /// input of every block and the final normed state.
+    pub(crate) fn forward_with_hidden(
+        &self,
+        arch: &Arch,
+        tokens: Tensor<2, Int>,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
+        let [_, seq] = tokens.dims();
+        let mut policy = crate::cache::NoCache;
+        let mut cache = crate::cache::FeatureCache::new();
+        let mut flops = crate::flops::FlopCounter::new();
+        let info = crate::denoiser::StepInfo {
+            index: 0,
+            prompt_len: seq,
+            response_len: 0,
+        };
+        let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops);
+        let mut hidden = Vec::with_capacity(arch.n_layers + 1);
+        let logits = self.forward(arch, tokens, &mut ctx, 0..seq, Some(&mut hidden))?;
+        Ok((logits, hidden))
+    }
+
     /// `hidden`, when given, receives the input of every block and the final normed state.
     pub(crate) fn forward(
         &self,

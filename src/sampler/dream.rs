@@ -216,7 +216,8 @@ impl DreamSampler {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty batch or prompt, a prompt holding the mask token,
-    /// or a model whose pad and mask tokens coincide; [`Error::SequenceTooLong`];
+    /// or ragged prompts for a model whose pad and mask tokens coincide;
+    /// [`Error::SequenceTooLong`];
     /// [`Error::TokenOutOfRange`]; errors of the model or the policy.
     pub fn generate(
         &self,
@@ -242,25 +243,13 @@ impl DreamSampler {
         let started = Instant::now();
         let c = &self.config;
         let special = model.special_tokens();
-        if special.pad == special.mask {
-            return Err(Error::invalid(
-                "prompts",
-                "the model's pad token equals its mask token; left padding is impossible",
-            ));
-        }
-        let (p, pads) = super::validate_ragged_prompts(model, prompts, c.max_new_tokens)?;
+        let super::Batch {
+            prompt_len: p,
+            pads,
+            mut seqs,
+        } = super::prepare_batch(model, prompts, c.max_new_tokens)?;
         let g = c.max_new_tokens;
         let b = prompts.len();
-        let mut seqs: Vec<Vec<u32>> = prompts
-            .iter()
-            .zip(&pads)
-            .map(|(r, &pad)| {
-                let mut s = vec![special.pad; pad];
-                s.extend_from_slice(r);
-                s.resize(p + g, special.mask);
-                s
-            })
-            .collect();
         let timesteps = dream_timesteps(c.steps, c.eps);
         let mut rng = SplitMix64::new(c.seed);
         policy.reset();

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    row_finished, tokens_tensor, transfer_schedule, validate_ragged_prompts,
+    row_finished, tokens_tensor, transfer_schedule,
 };
 use crate::cache::{CachePolicy, FeatureCache};
 use crate::denoiser::{Denoiser, StepContext, StepInfo};
@@ -216,13 +216,11 @@ impl LladaSampler {
         let started = Instant::now();
         let c = &self.config;
         let special = model.special_tokens();
-        let (p, pads) = validate_ragged_prompts(model, prompts, c.gen_length)?;
-        if pads.iter().any(|&n| n > 0) && special.pad == special.mask {
-            return Err(Error::invalid(
-                "prompts",
-                "prompts differ in length but the model's pad token equals its mask token",
-            ));
-        }
+        let super::Batch {
+            prompt_len: p,
+            pads,
+            mut seqs,
+        } = super::prepare_batch(model, prompts, c.gen_length)?;
         let g = c.gen_length;
         let blocks = g / c.block_length;
         let steps_per_block = c.steps / blocks;
@@ -245,16 +243,6 @@ impl LladaSampler {
             Guidance::Off
         };
         let mut rng = SplitMix64::new(c.seed);
-        let mut seqs: Vec<Vec<u32>> = prompts
-            .iter()
-            .zip(&pads)
-            .map(|(r, &pad)| {
-                let mut s = vec![special.pad; pad];
-                s.extend_from_slice(r);
-                s.resize(p + g, special.mask);
-                s
-            })
-            .collect();
         let mut stats = GenerationStats::default();
         let mut step = 0;
 

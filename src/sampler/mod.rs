@@ -144,9 +144,51 @@ pub(crate) fn row_finished(response: &[u32], mask: u32, stop: &[u32]) -> bool {
             .any(|t| stop.contains(t))
 }
 
+/// A validated batch: every prompt left-padded to the longest, followed by masks.
+pub(crate) struct Batch {
+    /// Padded prompt length.
+    pub prompt_len: usize,
+    /// Left padding of each row.
+    pub pads: Vec<usize>,
+    /// Prompt (padded) then masks, per row.
+    pub seqs: Vec<Vec<u32>>,
+}
+
+/// Validates `prompts` (see [`validate_ragged_prompts`]) and lays them out for generation:
+/// `gen_len` masks after each.
+pub(crate) fn prepare_batch(
+    model: &dyn Denoiser,
+    prompts: &[Vec<u32>],
+    gen_len: usize,
+) -> Result<Batch> {
+    let special = model.special_tokens();
+    let (p, pads) = validate_ragged_prompts(model, prompts, gen_len)?;
+    if pads.iter().any(|&n| n > 0) && special.pad == special.mask {
+        return Err(Error::invalid(
+            "prompts",
+            "prompts differ in length but the model's pad token equals its mask token",
+        ));
+    }
+    let seqs = prompts
+        .iter()
+        .zip(&pads)
+        .map(|(r, &pad)| {
+            let mut s = vec![special.pad; pad];
+            s.extend_from_slice(r);
+            s.resize(p + gen_len, special.mask);
+            s
+        })
+        .collect();
+    Ok(Batch {
+        prompt_len: p,
+        pads,
+        seqs,
+    })
+}
+
 /// Checks a batch of prompts of any lengths; returns the longest length and each row's left
 /// padding to it.
-pub(crate) fn validate_ragged_prompts(
+fn validate_ragged_prompts(
     model: &dyn Denoiser,
     prompts: &[Vec<u32>],
     gen_length: usize,
