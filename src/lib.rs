@@ -9,17 +9,18 @@
 //!
 //! | piece | types |
 //! |---|---|
-//! | models (burn modules, loaded from Hugging Face folders) | [`Llada`], [`LladaConfig`] |
+//! | text in, text out | [`Pipeline`], [`GenerateOptions`], [`Completion`], [`Tokenizer`], [`ChatMessage`] |
+//! | models (burn modules, loaded from Hugging Face folders) | [`Llada`], [`LladaConfig`], [`Dream`], [`DreamConfig`] |
 //! | what a sampler needs from a model | [`Denoiser`], [`StepContext`], [`StepInfo`] |
-//! | samplers | [`LladaSamplerConfig`] -> [`LladaSampler`], [`GenerationOutput`], [`StepEvent`] |
+//! | samplers | [`LladaSamplerConfig`] -> [`LladaSampler`], [`DreamSamplerConfig`] -> [`DreamSampler`], [`GenerationOutput`], [`StepEvent`] |
 //! | cache policies | [`CachePolicy`], [`NoCache`], [`DllmCacheConfig`] -> [`DllmCache`], [`FeatureCache`] |
-//! | accounting | [`FlopCounter`], [`GenerationStats`] |
+//! | accounting | [`FlopCounter`], [`GenerationStats`], [`flops::estimate`] |
 //! | errors | [`Error`], [`Result`] |
 //!
 //! Library code names no burn backend: pass a [`Device`](burn::tensor::Device) (cargo
-//! features `flex` (default), `ndarray`, `cuda` decide which exist). Nothing is global: one
-//! loaded model serves any number of concurrent generations, each with its own policy and
-//! [`FeatureCache`].
+//! features `flex` and `x86-v4` (default), `ndarray`, `cuda`, `vulkan` decide which exist;
+//! [`device_from_name`] picks one by name). Nothing is global: one loaded model serves any
+//! number of concurrent generations, each with its own policy and [`FeatureCache`].
 //!
 //! # Quick start
 //!
