@@ -12,8 +12,6 @@
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::RmsNorm;
@@ -115,21 +113,8 @@ impl Block {
     ) -> Tensor<3> {
         let [b, h, nq, hd] = q.dims();
         let [_, _, seq, _] = k.dims();
-        let (k, v) = if self.n_kv_heads == self.n_heads {
-            (k, v)
-        } else {
-            let rep = self.n_heads / self.n_kv_heads;
-            let expand = |t: Tensor<4>| {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([b, self.n_kv_heads, rep, seq, hd])
-                    .reshape([b, h, seq, hd])
-            };
-            (expand(k), expand(v))
-        };
         flops.add_attention(b, h, nq, seq, hd);
-        let mask = env.key_mask.map(|m| m.clone().expand([b, h, nq, seq]));
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
-        let out = out.swap_dims(1, 2).reshape([b, nq, h * hd]);
+        let out = super::attention::attention(q, k, v, env.key_mask);
         self.proj(&self.o, out, flops)
     }
 
@@ -279,10 +264,13 @@ impl Block {
         let q = env.rope.apply(self.heads(q, self.n_heads));
         let k = env.rope.apply(self.heads(k, self.n_kv_heads));
         let v = self.heads(v, self.n_kv_heads);
-        let attn = self.attend(q, k.clone(), v.clone(), env, flops);
+        // Keys and values are kept only when they will be stored: the attention kernel reads
+        // a tensor nobody else holds without copying it.
+        let kept = store.then(|| (k.clone(), v.clone()));
+        let attn = self.attend(q, k, v, env, flops);
         let x = x + attn.clone();
         let ffn = self.ffn(x.clone(), flops);
-        if store {
+        if let Some((k, v)) = kept {
             for (segment, offset, len) in [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)]
             {
                 if len > 0 {

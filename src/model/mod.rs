@@ -5,6 +5,7 @@
 //! layout and the one-position logit shift of Dream. The shared [`Block`] executes
 //! a [`CachePolicy`](crate::cache::CachePolicy)'s plan for both.
 
+mod attention;
 pub(crate) mod block;
 pub mod dream;
 pub mod llada;
