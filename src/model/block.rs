@@ -16,6 +16,7 @@ use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::RmsNorm;
 use super::rope::Rope;
+use super::stream::Stream;
 use crate::cache::store::Features;
 use crate::cache::{FeatureCache, Probe, Refresh, Segment};
 use crate::denoiser::{LayerTrace, RowsTrace, StepContext};
@@ -73,10 +74,6 @@ struct Work {
 }
 
 impl Block {
-    fn d_model(&self) -> usize {
-        self.q.weight.dims()[0]
-    }
-
     fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
@@ -118,15 +115,16 @@ impl Block {
         self.proj(&self.o, out, flops)
     }
 
-    /// Runs the block on `x` (`[batch, seq, d_model]`) under the context's cache policy.
+    /// Runs the block on the stream `x` (`[batch, seq, d_model]`) under the context's cache
+    /// policy, updating it in place.
     pub(crate) fn forward_step(
         &self,
         layer: usize,
-        x: Tensor<3>,
+        x: &mut Stream,
         env: &LayerEnv<'_>,
         ctx: &mut StepContext<'_>,
-    ) -> Result<Tensor<3>> {
-        let [b, seq, _] = x.dims();
+    ) -> Result<()> {
+        let [_, seq, _] = x.dims();
         let p = env.prompt_len;
         let store = ctx.policy.stores_features();
         let mut work = Vec::with_capacity(2);
@@ -135,7 +133,7 @@ impl Block {
                 Segment::Prompt => (0, p),
                 Segment::Response => (p, seq - p),
             };
-            work.push(self.plan_segment(layer, segment, offset, len, &x, ctx)?);
+            work.push(self.plan_segment(layer, segment, offset, len, x, ctx)?);
         }
         let full = work
             .iter()
@@ -158,9 +156,12 @@ impl Block {
         }
 
         if full {
-            return Ok(self.forward_full(layer, x, env, ctx.cache, ctx.flops, store, p));
+            let out = self.forward_full(layer, x.whole(), env, ctx.cache, ctx.flops, store, p);
+            x.set_whole(out);
+        } else {
+            self.forward_partial(layer, x, env, work, ctx.cache, ctx.flops, store);
         }
-        Ok(self.forward_partial(layer, x, env, work, ctx.cache, ctx.flops, store, b))
+        Ok(())
     }
 
     /// Asks the policy for one segment's plan, probing first if it wants to.
@@ -170,7 +171,7 @@ impl Block {
         segment: Segment,
         offset: usize,
         len: usize,
-        x: &Tensor<3>,
+        x: &mut Stream,
         ctx: &mut StepContext<'_>,
     ) -> Result<Work> {
         let mut w = Work {
@@ -201,7 +202,7 @@ impl Block {
         };
         let probe_wanted = cached.is_some() && ctx.policy.wants_probe(layer, segment);
         if probe_wanted {
-            let h = self.attn_norm.forward(x.clone().narrow(1, offset, len));
+            let h = self.attn_norm.forward(x.segment(segment.index()));
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
             // Policies see values as rows, `[b, rows, kv_dim]`.
             let cached_v = cached
@@ -296,15 +297,13 @@ impl Block {
     fn forward_partial(
         &self,
         layer: usize,
-        x: Tensor<3>,
+        x: &mut Stream,
         env: &LayerEnv<'_>,
         work: Vec<Work>,
         cache: &mut FeatureCache,
         flops: &mut FlopCounter,
         store: bool,
-        b: usize,
-    ) -> Tensor<3> {
-        let d = self.d_model();
+    ) {
         // The probe's fresh values of every row replace the cached ones.
         let fresh_or_cached = |fresh: &Option<Tensor<3>>, c: &Features| match fresh {
             Some(v) => self.heads(v.clone(), self.n_kv_heads),
@@ -320,13 +319,12 @@ impl Block {
                 continue;
             }
             let segment = Segment::BOTH[s];
-            let x_seg = || x.clone().narrow(1, w.offset, w.len);
             let cached = cache.get(layer, segment);
             match &w.refresh {
                 Refresh::All => {
                     let h =
                         w.h.clone()
-                            .unwrap_or_else(|| self.attn_norm.forward(x_seg()));
+                            .unwrap_or_else(|| self.attn_norm.forward(x.segment(s)));
                     let q = self.proj(&self.q, h.clone(), flops);
                     let k = self.proj(&self.k, h.clone(), flops);
                     let v = match &w.fresh_v {
@@ -354,7 +352,7 @@ impl Block {
                     let [_, n] = idx.dims();
                     let h_sel = match &w.h {
                         Some(h) => gather_rows(h.clone(), idx),
-                        None => self.attn_norm.forward(gather_rows(x_seg(), idx)),
+                        None => self.attn_norm.forward(gather_rows(x.segment(s), idx)),
                     };
                     let q = self.proj(&self.q, h_sel.clone(), flops);
                     let k = self.proj(&self.k, h_sel.clone(), flops);
@@ -373,28 +371,32 @@ impl Block {
                 }
             }
         }
-        let k_all = Tensor::cat(keys.clone(), 2);
-        let v_all = Tensor::cat(values.clone(), 2);
-
-        // Attention for the recomputed rows of both segments in one call.
+        // Attention for the recomputed rows of both segments in one call (keys and values
+        // joined only then: a layer that recomputes nothing needs neither).
         let total_q: usize = query_rows.iter().sum();
         let attn_rows = if total_q > 0 {
             let q = Tensor::cat(queries, 2);
+            let k_all = Tensor::cat(keys.clone(), 2);
+            let v_all = Tensor::cat(values.clone(), 2);
             split_rows(self.attend(q, k_all, v_all, env, flops), &query_rows)
         } else {
             vec![None, None]
         };
         let attn = self.merge(layer, &work, attn_rows, cache, |f| &f.attn);
-        let x = x + Tensor::cat(attn.iter().flatten().cloned().collect(), 1);
+        for (s, a) in attn.iter().enumerate() {
+            if let Some(a) = a {
+                x.add(s, a.clone());
+            }
+        }
 
         // FFN for the same rows, on the post-attention residual stream.
         let mut ffn_in = Vec::with_capacity(2);
-        for w in work.iter() {
+        for (s, w) in work.iter().enumerate() {
             match &w.refresh {
                 _ if w.len == 0 => {}
-                Refresh::All => ffn_in.push(x.clone().narrow(1, w.offset, w.len)),
+                Refresh::All => ffn_in.push(x.segment(s)),
                 Refresh::Rows(idx) if idx.dims()[1] > 0 => {
-                    ffn_in.push(gather_rows(x.clone().narrow(1, w.offset, w.len), idx))
+                    ffn_in.push(gather_rows(x.segment(s), idx))
                 }
                 _ => {}
             }
@@ -405,7 +407,11 @@ impl Block {
             split_rows(self.ffn(Tensor::cat(ffn_in, 1), flops), &query_rows)
         };
         let ffn = self.merge(layer, &work, ffn_rows, cache, |f| &f.ffn);
-        let out = x + Tensor::cat(ffn.iter().flatten().cloned().collect(), 1);
+        for (s, f) in ffn.iter().enumerate() {
+            if let Some(f) = f {
+                x.add(s, f.clone());
+            }
+        }
 
         if store {
             let mut kv = keys.into_iter().zip(values);
@@ -420,8 +426,6 @@ impl Block {
                 cache.set(layer, Segment::BOTH[s], Features { k, v, attn, ffn });
             }
         }
-        debug_assert_eq!(out.dims(), [b, x_len(&work), d]);
-        out
     }
 
     /// Full-segment outputs (attention or FFN) after this step: fresh rows where recomputed,
@@ -460,10 +464,6 @@ impl Block {
             })
             .collect()
     }
-}
-
-fn x_len(work: &[Work]) -> usize {
-    work.iter().map(|w| w.len).sum()
 }
 
 /// Splits `[b, n0 + n1, d]` into the parts of the two segments (`None` for an empty part).
@@ -565,22 +565,22 @@ impl Backbone {
         mut hidden: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>> {
         ctx.policy.begin_step(&ctx.info);
-        let mut x = self.embed.forward(tokens);
+        let mut x = Stream::new(self.embed.forward(tokens), env.prompt_len);
         for (layer, block) in self.blocks.iter().enumerate() {
             if let Some(h) = hidden.as_deref_mut() {
-                h.push(x.clone());
+                h.push(x.whole());
             }
-            x = block.forward_step(layer, x, env, ctx)?;
+            block.forward_step(layer, &mut x, env, ctx)?;
         }
         let [b, _, d] = x.dims();
         let rows = head_rows.end - head_rows.start;
         let x = match hidden {
             Some(h) => {
-                let x = self.norm.forward(x);
+                let x = self.norm.forward(x.whole());
                 h.push(x.clone());
                 x.narrow(1, head_rows.start, rows)
             }
-            None => self.norm.forward(x.narrow(1, head_rows.start, rows)),
+            None => self.norm.forward(x.rows(head_rows)),
         };
         let [_, vocab] = self.head.weight.dims();
         ctx.flops.add_lm_head(b * rows, d, vocab);

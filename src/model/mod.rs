@@ -11,6 +11,7 @@ pub mod dream;
 pub mod llada;
 pub(crate) mod loader;
 pub(crate) mod rope;
+mod stream;
 
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
