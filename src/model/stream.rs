@@ -20,6 +20,7 @@ pub(crate) struct Stream {
     state: State,
 }
 
+#[allow(clippy::large_enum_variant)] // one per forward pass, never moved in a loop
 enum State {
     /// Every row up to date, in one tensor.
     Whole(Tensor<3>),
