@@ -92,14 +92,14 @@ impl Block {
         self.proj(&self.down, silu(gate) * up, flops)
     }
 
-    /// `[b, n, heads*hd]` -> `[b, heads, n, hd]`.
+    /// `[b, n, heads*hd]` -> `[b, n, heads, hd]` (a view: rows stay contiguous).
     fn heads(&self, x: Tensor<3>, heads: usize) -> Tensor<4> {
         let [b, n, _] = x.dims();
-        x.reshape([b, n, heads, self.head_dim]).swap_dims(1, 2)
+        x.reshape([b, n, heads, self.head_dim])
     }
 
-    /// Multi-head attention of `q` (rotated, `[b, h, nq, hd]`) over the keys (rotated) and
-    /// values of the whole sequence (`[b, kv_heads, seq, hd]`), output projected: `[b, nq, d]`.
+    /// Multi-head attention of `q` (rotated, `[b, nq, h, hd]`) over the keys (rotated) and
+    /// values of the whole sequence (`[b, seq, kv_heads, hd]`), output projected: `[b, nq, d]`.
     fn attend(
         &self,
         q: Tensor<4>,
@@ -108,8 +108,8 @@ impl Block {
         env: &LayerEnv<'_>,
         flops: &mut FlopCounter,
     ) -> Tensor<3> {
-        let [b, h, nq, hd] = q.dims();
-        let [_, _, seq, _] = k.dims();
+        let [b, nq, h, hd] = q.dims();
+        let [_, seq, _, _] = k.dims();
         flops.add_attention(b, h, nq, seq, hd);
         let out = super::attention::attention(q, k, v, env.key_mask);
         self.proj(&self.o, out, flops)
@@ -185,7 +185,7 @@ impl Block {
             return Ok(w);
         }
         let [b, _, _] = x.dims();
-        let expected = [b, self.n_kv_heads, len, self.head_dim];
+        let expected = [b, len, self.n_kv_heads, self.head_dim];
         let cached = match ctx.cache.get(layer, segment) {
             Some(f) if f.v.dims() == expected => Some(f),
             Some(f) => {
@@ -205,12 +205,12 @@ impl Block {
             let h = self.attn_norm.forward(x.segment(segment.index()));
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
             // Policies see values as rows, `[b, rows, kv_dim]`.
-            let cached_v = cached
-                .expect("checked above")
-                .v
-                .clone()
-                .swap_dims(1, 2)
-                .reshape([b, len, self.kv_dim()]);
+            let cached_v =
+                cached
+                    .expect("checked above")
+                    .v
+                    .clone()
+                    .reshape([b, len, self.kv_dim()]);
             let probe = Probe {
                 fresh_v: &fresh_v,
                 cached_v: &cached_v,
@@ -280,8 +280,8 @@ impl Block {
                         layer,
                         segment,
                         Features {
-                            k: k.clone().narrow(2, offset, len),
-                            v: v.clone().narrow(2, offset, len),
+                            k: k.clone().narrow(1, offset, len),
+                            v: v.clone().narrow(1, offset, len),
                             attn: cut(&attn),
                             ffn: cut(&ffn),
                         },
@@ -358,12 +358,12 @@ impl Block {
                     let k = self.proj(&self.k, h_sel.clone(), flops);
                     let rope = env.rope.gather(idx, w.offset);
                     let k = rope.apply(self.heads(k, self.n_kv_heads));
-                    keys.push(scatter_head_rows(c.k.clone(), idx, k));
+                    keys.push(scatter_token_rows(c.k.clone(), idx, k));
                     values.push(match &w.fresh_v {
                         Some(_) => fresh_or_cached(&w.fresh_v, c),
                         None => {
                             let v = self.proj(&self.v, h_sel, flops);
-                            scatter_head_rows(c.v.clone(), idx, self.heads(v, self.n_kv_heads))
+                            scatter_token_rows(c.v.clone(), idx, self.heads(v, self.n_kv_heads))
                         }
                     });
                     queries.push(rope.apply(self.heads(q, self.n_heads)));
@@ -375,9 +375,9 @@ impl Block {
         // joined only then: a layer that recomputes nothing needs neither).
         let total_q: usize = query_rows.iter().sum();
         let attn_rows = if total_q > 0 {
-            let q = Tensor::cat(queries, 2);
-            let k_all = Tensor::cat(keys.clone(), 2);
-            let v_all = Tensor::cat(values.clone(), 2);
+            let q = Tensor::cat(queries, 1);
+            let k_all = Tensor::cat(keys.clone(), 1);
+            let v_all = Tensor::cat(values.clone(), 1);
             split_rows(self.attend(q, k_all, v_all, env, flops), &query_rows)
         } else {
             vec![None, None]
@@ -508,18 +508,18 @@ pub(crate) fn scatter_rows(t: Tensor<3>, idx: &Tensor<2, Int>, rows: Tensor<3>) 
     t.scatter(1, index, rows, IndexingUpdateOp::Assign)
 }
 
-/// `t` with rows `idx[b, j]` of every head replaced by `rows[b, :, j]`.
+/// `t` with token rows `idx[b, j]` (every head) replaced by `rows[b, j]`.
 ///
 /// # Shapes
-/// - `t`: `[b, heads, n, hd]`, `idx`: `[b, k]`, `rows`: `[b, heads, k, hd]`.
-fn scatter_head_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Tensor<4> {
-    let [b, heads, _, hd] = t.dims();
+/// - `t`: `[b, n, heads, hd]`, `idx`: `[b, k]`, `rows`: `[b, k, heads, hd]`.
+fn scatter_token_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Tensor<4> {
+    let [b, _, heads, hd] = t.dims();
     let [_, k] = idx.dims();
     if b == 1 {
-        return t.select_assign(2, idx.clone().reshape([k]), rows, IndexingUpdateOp::Assign);
+        return t.select_assign(1, idx.clone().reshape([k]), rows, IndexingUpdateOp::Assign);
     }
-    let index = idx.clone().reshape([b, 1, k, 1]).expand([b, heads, k, hd]);
-    t.scatter(2, index, rows, IndexingUpdateOp::Assign)
+    let index = idx.clone().reshape([b, k, 1, 1]).expand([b, k, heads, hd]);
+    t.scatter(1, index, rows, IndexingUpdateOp::Assign)
 }
 
 /// Reads a `[b, k]` index tensor to the host.

@@ -7,8 +7,9 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-/// cos/sin tables for one forward, `[rows_b, 1, seq, head_dim]` where `rows_b` is 1 (all batch
-/// rows share positions) or the batch size.
+/// cos/sin tables for one forward, `[rows_b, seq, 1, head_dim]` where `rows_b` is 1 (all batch
+/// rows share positions) or the batch size; they broadcast over the heads of token-major
+/// `[batch, seq, heads, head_dim]` projections.
 #[derive(Debug, Clone)]
 pub(crate) struct Rope {
     cos: Tensor<4>,
@@ -48,7 +49,7 @@ impl Rope {
                 }
             }
         }
-        let shape = [rows, 1, seq, head_dim];
+        let shape = [rows, seq, 1, head_dim];
         let f32_opts = (device, DType::F32);
         let cos = Tensor::<4>::from_data(TensorData::new(cos, shape), f32_opts);
         let sin = Tensor::<4>::from_data(TensorData::new(sin, shape), f32_opts);
@@ -63,8 +64,8 @@ impl Rope {
     pub(crate) fn rows(&self, start: usize, end: usize) -> Rope {
         let n = end - start;
         Rope {
-            cos: self.cos.clone().narrow(2, start, n),
-            sin: self.sin.clone().narrow(2, start, n),
+            cos: self.cos.clone().narrow(1, start, n),
+            sin: self.sin.clone().narrow(1, start, n),
             rotate_in_f32: self.rotate_in_f32,
         }
     }
@@ -77,17 +78,17 @@ impl Rope {
         let [batch, n] = idx.dims();
         let [rows_b, _, _, hd] = self.cos.dims();
         let index = (idx.clone() + offset as i64)
-            .reshape([batch, 1, n, 1])
-            .expand([batch, 1, n, hd]);
+            .reshape([batch, n, 1, 1])
+            .expand([batch, n, 1, hd]);
         let pick = |t: &Tensor<4>| {
             let t = t.clone();
             let t = if rows_b == batch {
                 t
             } else {
-                let [_, _, seq, _] = t.dims();
-                t.expand([batch, 1, seq, hd])
+                let [_, seq, _, _] = t.dims();
+                t.expand([batch, seq, 1, hd])
             };
-            t.gather(2, index.clone())
+            t.gather(1, index.clone())
         };
         Rope {
             cos: pick(&self.cos),
@@ -99,7 +100,7 @@ impl Rope {
     /// Rotates `x`.
     ///
     /// # Shapes
-    /// - `x`: `[batch, heads, n, head_dim]` with `n` equal to this table's length.
+    /// - `x`: `[batch, n, heads, head_dim]` with `n` equal to this table's length.
     pub(crate) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let dtype = x.dtype();
         let x = if self.rotate_in_f32 {
