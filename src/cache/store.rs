@@ -7,13 +7,14 @@ use super::Segment;
 /// The cached features of one segment of one layer.
 #[derive(Debug, Clone)]
 pub(crate) struct Features {
-    /// Key projection, rotated with its absolute positions, `[batch, rows, kv_heads, head_dim]`
-    /// (token-major: one segment's rows are contiguous, so joining segments is a block copy).
+    /// Key projection, rotated with its absolute positions, `[batch, kv_heads, rows, head_dim]`
+    /// (head-major and, once attention has read it, contiguous: the CPU kernel reads it in
+    /// place).
     /// The reference caches keys before the rotation and rotates the whole key sequence at
     /// every call; rotation is elementwise per row, so storing rotated keys gives the same bits
     /// without redoing it.
     pub k: Tensor<4>,
-    /// Value projection, `[batch, rows, kv_heads, head_dim]`.
+    /// Value projection, `[batch, kv_heads, rows, head_dim]`.
     pub v: Tensor<4>,
     /// Attention output after the output projection, `[batch, rows, d_model]`.
     pub attn: Tensor<3>,

@@ -5,55 +5,61 @@
 //! Profiling burn-flex 0.22.1's op at 1088 positions (8 heads of 64) showed two thirds of its
 //! time in a scalar per-row online-softmax loop and a sixth in scalar `expf`, against 15% in
 //! matrix products. The kernel here does the same arithmetic as the unfused definition,
-//! `softmax(q k^T / sqrt(d)) v`, per block of query rows: one gemm for the scores, a
-//! vectorised softmax of each row, one gemm for the output, blocks in parallel. It computes the
-//! same function in float32 with a different order of summation (like any other gemm kernel
-//! choice); the golden tests pass with either path.
+//! `softmax(q k^T / sqrt(d)) v`, per block of query rows: one gemm per key segment for the
+//! scores, a vectorised softmax of each row, accumulating gemms for the output, blocks in
+//! parallel. It computes the same function in float32 with a different order of summation
+//! (like any other gemm kernel choice); the golden tests pass with either path.
 //!
-//! Operands are token-major (`[batch, rows, heads, head_dim]`, as the projections produce
-//! them): the kernel reads each head at a row stride, so nothing is transposed, and cached keys
-//! of a segment are contiguous rows. Keys and values may have fewer heads than queries
-//! (grouped-query attention): query head `h` reads key/value head `h / (heads / kv_heads)`,
-//! without materialising the repeated heads.
+//! Queries are token-major (`[batch, rows, heads, head_dim]`, as the projections produce them)
+//! and read at a row stride. Keys and values come as segments (prompt, response), head-major
+//! (`[batch, kv_heads, rows, head_dim]`), which is what the gemm reads fastest; they are read in
+//! place through burn's backend-extension access to the flex primitive, so the cached prompt
+//! keys are neither copied nor concatenated at each step. A segment that is not contiguous is
+//! made contiguous once and handed back, so that the feature cache stores the contiguous form.
+//! Keys and values may have fewer heads than queries (grouped-query attention): query head `h`
+//! reads key/value head `h / (heads / kv_heads)`, without materialising the repeated heads.
 
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
-/// `softmax(q k^T / sqrt(head_dim)) v`, keys hidden where `key_mask` is true, heads
-/// concatenated per query row (the layout the output projection reads).
+/// Keys and values of one segment, head-major: `[batch, kv_heads, rows, head_dim]` each.
+pub(crate) type KvSegment = (Tensor<4>, Tensor<4>);
+
+/// `softmax(q k^T / sqrt(head_dim)) v` over the concatenation of `segments`, keys hidden where
+/// `key_mask` is true, heads concatenated per query row (the layout the output projection
+/// reads). Segments may be replaced by contiguous copies of themselves (same values).
 ///
 /// # Shapes
 /// - `q`: `[batch, nq, heads, head_dim]`
-/// - `k`, `v`: `[batch, seq, kv_heads, head_dim]` (`kv_heads` divides `heads`)
-/// - `key_mask`: `[batch, 1, 1, seq]`
+/// - each segment: `[batch, kv_heads, rows_s, head_dim]` (`kv_heads` divides `heads`)
+/// - `key_mask`: `[batch, 1, 1, sum of rows_s]`
 /// - returns `[batch, nq, heads * head_dim]`
 pub(crate) fn attention(
     q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
+    segments: &mut [KvSegment],
     key_mask: Option<&Tensor<4, Bool>>,
 ) -> Tensor<3> {
     #[cfg(all(feature = "cpu-attention", feature = "flex"))]
     if q.device() == burn::tensor::Device::flex()
-        && [q.dtype(), k.dtype(), v.dtype()] == [burn::tensor::DType::F32; 3]
+        && q.dtype() == burn::tensor::DType::F32
+        && segments
+            .iter()
+            .all(|(k, v)| [k.dtype(), v.dtype()] == [burn::tensor::DType::F32; 2])
+        && let Some(out) = cpu::attention(&q, segments, key_mask)
     {
-        return cpu::attention(q, k, v, key_mask);
+        return out;
     }
-    fused(q, k, v, key_mask)
+    fused(q, segments, key_mask)
 }
 
-/// burn's fused op, which wants head-major operands, as many key/value heads as query heads
-/// and a full mask.
-fn fused(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    key_mask: Option<&Tensor<4, Bool>>,
-) -> Tensor<3> {
+/// burn's fused op, which wants one key tensor, head-major queries, as many key/value heads as
+/// query heads and a full mask.
+fn fused(q: Tensor<4>, segments: &[KvSegment], key_mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
     let [b, nq, h, hd] = q.dims();
-    let [_, seq, kv_heads, _] = k.dims();
-    let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let k = Tensor::cat(segments.iter().map(|s| s.0.clone()).collect(), 2);
+    let v = Tensor::cat(segments.iter().map(|s| s.1.clone()).collect(), 2);
+    let [_, kv_heads, seq, _] = k.dims();
     let (k, v) = if kv_heads == h {
         (k, v)
     } else {
@@ -66,53 +72,66 @@ fn fused(
         (expand(k), expand(v))
     };
     let mask = key_mask.map(|m| m.clone().expand([b, h, nq, seq]));
-    burn_attention(q, k, v, mask, None, AttentionModuleOptions::default())
-        .swap_dims(1, 2)
-        .reshape([b, nq, h * hd])
+    burn_attention(
+        q.swap_dims(1, 2),
+        k,
+        v,
+        mask,
+        None,
+        AttentionModuleOptions::default(),
+    )
+    .swap_dims(1, 2)
+    .reshape([b, nq, h * hd])
 }
 
 #[cfg(all(feature = "cpu-attention", feature = "flex"))]
 mod cpu {
-    use std::borrow::Cow;
-
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexTensor;
     use burn::tensor::{Bool, Tensor, TensorData};
     use rayon::prelude::*;
+
+    use super::KvSegment;
 
     /// Most query rows per task: the score block (64 x seq floats) stays in L2.
     const MAX_ROWS: usize = 64;
 
-    /// The values of a host tensor, borrowed when its bytes are f32 already.
-    fn floats(data: &TensorData) -> Cow<'_, [f32]> {
-        match data.as_slice::<f32>() {
-            Ok(values) => Cow::Borrowed(values),
-            Err(_) => Cow::Owned(data.iter::<f32>().collect()),
+    /// The flex primitive of `t` (sharing its buffer), made contiguous first if it is not:
+    /// then `t` is replaced by the contiguous tensor, so callers keep that one.
+    fn primitive(t: &mut Tensor<4>) -> Option<FlexTensor> {
+        let p = t.clone().try_into_primitive::<Flex>().ok()?;
+        if p.as_slice::<f32>().is_some() {
+            return Some(p);
         }
+        let device = t.device();
+        *t = Tensor::from_data(t.clone().into_data(), &device);
+        let p = t.clone().try_into_primitive::<Flex>().ok()?;
+        p.as_slice::<f32>().is_some().then_some(p)
     }
 
-    /// Takes its inputs by value: a tensor nobody else holds (a fresh `cat`) is read in place
-    /// instead of copied.
+    /// `None` when an operand is not a flex tensor (the caller then uses burn's op).
     pub(super) fn attention(
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
+        q: &Tensor<4>,
+        segments: &mut [KvSegment],
         key_mask: Option<&Tensor<4, Bool>>,
-    ) -> Tensor<3> {
-        let device = q.device();
+    ) -> Option<Tensor<3>> {
         let [b, nq, h, hd] = q.dims();
-        let [_, seq, kv_heads, _] = k.dims();
+        let kv_heads = segments.first().map(|(k, _)| k.dims()[1])?;
         let width = h * hd;
-        let kv_width = kv_heads * hd;
+        let mut q = q.clone();
+        let qp = primitive(&mut q)?;
+        let mut prims = Vec::with_capacity(segments.len());
+        for (k, v) in segments.iter_mut() {
+            prims.push((k.dims()[2], primitive(k)?, primitive(v)?));
+        }
+        let seq: usize = prims.iter().map(|(n, _, _)| n).sum();
         let mut out = vec![0f32; b * nq * width];
-        if nq > 0 && hd > 0 {
-            let (qd, kd, vd) = (q.into_data(), k.into_data(), v.into_data());
-            let qd = floats(&qd);
-            // Head-major keys and values: each head's rows contiguous for the gemm, which
-            // measured 2-3x slower reading them at the token-major row stride.
-            let (kt, vt) = (floats(&kd), floats(&vd));
-            let (kd, vd) = (
-                head_major(&kt, b, seq, kv_heads, hd),
-                head_major(&vt, b, seq, kv_heads, hd),
-            );
+        if nq > 0 && hd > 0 && seq > 0 {
+            let qd = qp.as_slice::<f32>()?;
+            let mut kv = Vec::with_capacity(prims.len());
+            for (n, k, v) in &prims {
+                kv.push((*n, k.as_slice::<f32>()?, v.as_slice::<f32>()?));
+            }
             let mask = key_mask.map(|m| m.clone().into_data());
             let mask = mask.as_ref().map(|m| m.iter::<bool>().collect::<Vec<_>>());
             let scale = 1.0 / (hd as f32).sqrt();
@@ -124,78 +143,54 @@ mod cpu {
                 .enumerate()
                 .for_each(|(bi, out_batch)| {
                     let keep = mask.as_ref().map(|m| &m[bi * seq..(bi + 1) * seq]);
-                    let keys = &kd[bi * seq * kv_width..(bi + 1) * seq * kv_width];
-                    let values = &vd[bi * seq * kv_width..(bi + 1) * seq * kv_width];
                     let queries = &qd[bi * nq * width..(bi + 1) * nq * width];
                     out_batch.par_chunks_mut(rows * width).enumerate().for_each(
                         |(blk, out_rows)| {
                             let n = out_rows.len() / width;
                             let q_rows = &queries[blk * rows * width..][..n * width];
                             let mut scores = vec![0f32; n * seq];
-                            let dims = Dims {
-                                rows: n,
-                                seq,
-                                hd,
-                                q_stride: width,
-                                kv_stride: hd,
-                                out_stride: width,
-                            };
                             for hi in 0..h {
-                                let kv = (hi / rep) * seq * hd;
-                                let head = Head {
+                                // This head's keys and values in every segment.
+                                let g = bi * kv_heads + hi / rep;
+                                let heads: Vec<(&[f32], &[f32])> = kv
+                                    .iter()
+                                    .map(|(len, k, v)| {
+                                        let plane = g * len * hd..(g + 1) * len * hd;
+                                        (&k[plane.clone()], &v[plane])
+                                    })
+                                    .collect();
+                                let query = Query {
                                     q: &q_rows[hi * hd..],
-                                    k: &keys[kv..],
-                                    v: &values[kv..],
+                                    rows: n,
+                                    stride: width,
                                     masked: keep,
                                 };
-                                block(head, &mut scores, &mut out_rows[hi * hd..], &dims, scale);
+                                head(
+                                    query,
+                                    &heads,
+                                    &mut scores,
+                                    &mut out_rows[hi * hd..],
+                                    hd,
+                                    scale,
+                                );
                             }
                         },
                     );
                 });
         }
-        Tensor::from_data(TensorData::new(out, [b, nq, width]), &device)
+        Some(Tensor::from_data(
+            TensorData::new(out, [b, nq, width]),
+            &q.device(),
+        ))
     }
 
-    /// `[b, seq, kv_heads, hd]` -> `[b, kv_heads, seq, hd]` (borrowed when there is one head).
-    fn head_major(src: &[f32], b: usize, seq: usize, kv_heads: usize, hd: usize) -> Cow<'_, [f32]> {
-        if kv_heads == 1 {
-            return Cow::Borrowed(src);
-        }
-        let mut dst = vec![0f32; b * kv_heads * seq * hd];
-        dst.par_chunks_mut(seq * hd)
-            .enumerate()
-            .for_each(|(plane, head)| {
-                let (bi, g) = (plane / kv_heads, plane % kv_heads);
-                let rows = src[bi * seq * kv_heads * hd..].chunks_exact(kv_heads * hd);
-                for (d, row) in head.chunks_exact_mut(hd).zip(rows) {
-                    d.copy_from_slice(&row[g * hd..(g + 1) * hd]);
-                }
-            });
-        Cow::Owned(dst)
-    }
-
-    /// One head's operands for a block of query rows: each slice starts at the head's first
-    /// element and holds its rows at the strides of [`Dims`].
-    struct Head<'a> {
-        /// `[rows, hd]`, row stride `q_stride`.
+    /// A block of query rows of one head: `[rows, hd]` at row stride `stride`.
+    struct Query<'a> {
         q: &'a [f32],
-        /// `[seq, hd]`, row stride `kv_stride`.
-        k: &'a [f32],
-        /// `[seq, hd]`, row stride `kv_stride`.
-        v: &'a [f32],
-        masked: Option<&'a [bool]>,
-    }
-
-    /// Sizes and row strides (in elements) of one head's block.
-    #[derive(Clone, Copy)]
-    struct Dims {
         rows: usize,
-        seq: usize,
-        hd: usize,
-        q_stride: usize,
-        kv_stride: usize,
-        out_stride: usize,
+        stride: usize,
+        /// Per key of the whole sequence, whether it is hidden.
+        masked: Option<&'a [bool]>,
     }
 
     /// Elements a `[rows, hd]` matrix with row stride `stride` spans.
@@ -207,72 +202,88 @@ mod cpu {
         }
     }
 
-    /// Attention of one head for a block of query rows, written to columns `0..hd` of `out`'s
-    /// rows (row stride `out_stride`).
-    fn block(head: Head<'_>, scores: &mut [f32], out: &mut [f32], d: &Dims, scale: f32) {
-        let Dims {
+    /// Attention of one head for a block of query rows over the key/value segments `kv`
+    /// (each `[len, hd]` row-major), written to columns `0..hd` of `out`'s rows (row stride
+    /// `query.stride`).
+    fn head(
+        query: Query<'_>,
+        kv: &[(&[f32], &[f32])],
+        scores: &mut [f32],
+        out: &mut [f32],
+        hd: usize,
+        scale: f32,
+    ) {
+        let Query {
+            q,
             rows,
-            seq,
-            hd,
-            q_stride,
-            kv_stride,
-            out_stride,
-        } = *d;
-        assert!(head.q.len() >= span(rows, q_stride, hd));
-        assert!(head.k.len() >= span(seq, kv_stride, hd));
-        assert!(head.v.len() >= span(seq, kv_stride, hd));
-        assert!(scores.len() == rows * seq && out.len() >= span(rows, out_stride, hd));
-        // SAFETY: the asserts above bound every matrix inside its slice: scores [rows x seq]
-        // row-major, q [rows x hd] (row stride q_stride), k^T [hd x seq] read from k [seq x hd]
-        // (row stride kv_stride).
-        unsafe {
-            gemm::gemm(
-                rows,
-                seq,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                seq as isize,
-                false,
-                head.q.as_ptr(),
-                1,
-                q_stride as isize,
-                head.k.as_ptr(),
-                kv_stride as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+            stride,
+            masked,
+        } = query;
+        let seq: usize = kv.iter().map(|(k, _)| k.len() / hd).sum();
+        assert!(q.len() >= span(rows, stride, hd) && out.len() >= span(rows, stride, hd));
+        assert!(scores.len() == rows * seq);
+        let mut col = 0;
+        for (k, _) in kv {
+            let len = k.len() / hd;
+            // SAFETY: scores [rows x seq] row-major, written in columns col..col + len (within
+            // seq by construction); q [rows x hd] at row stride `stride` (asserted above);
+            // k^T [hd x len] read from k [len x hd] row-major (exactly k.len() elements).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    len,
+                    hd,
+                    scores.as_mut_ptr().add(col),
+                    1,
+                    seq as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    stride as isize,
+                    k.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            col += len;
         }
-        softmax_rows(scores, seq, head.masked);
-        // SAFETY: out [rows x hd] (row stride out_stride), scores [rows x seq] row-major and
-        // v [seq x hd] (row stride kv_stride), bounded by the asserts above.
-        unsafe {
-            gemm::gemm(
-                rows,
-                hd,
-                seq,
-                out.as_mut_ptr(),
-                1,
-                out_stride as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                seq as isize,
-                head.v.as_ptr(),
-                1,
-                kv_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        softmax_rows(scores, seq, masked);
+        let mut col = 0;
+        for (i, (_, v)) in kv.iter().enumerate() {
+            let len = v.len() / hd;
+            // SAFETY: out [rows x hd] at row stride `stride` (asserted above); the score
+            // columns col..col + len of [rows x seq]; v [len x hd] row-major. Segments after
+            // the first accumulate into `out`.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    hd,
+                    len,
+                    out.as_mut_ptr(),
+                    1,
+                    stride as isize,
+                    i > 0,
+                    scores.as_ptr().add(col),
+                    1,
+                    seq as isize,
+                    v.as_ptr(),
+                    1,
+                    hd as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            col += len;
         }
     }
 
@@ -461,44 +472,52 @@ mod cpu {
 mod tests {
     use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 
-    /// The host kernel against burn's fused op: grouped heads, a key mask, batch > 1, and
-    /// query counts below, at and across the row-block size.
+    /// The host kernel against burn's fused op: grouped heads, a key mask, batch > 1, one or
+    /// two key segments (one of them a non-contiguous view), and query counts below, at and
+    /// across the row-block size.
     #[test]
     fn host_kernel_matches_burn_fused_op() {
         let device = Device::flex();
+        let normal = Distribution::Normal(0.0, 1.0);
         for (b, h, kv_heads, nq, seq, hd) in [
             (1, 4, 4, 1, 5, 8),
             (2, 4, 2, 13, 40, 16),
             (1, 8, 8, 64, 64, 32),
             (2, 6, 3, 130, 150, 8),
         ] {
-            let q = Tensor::<4>::random([b, nq, h, hd], Distribution::Normal(0.0, 1.0), &device);
-            let k = Tensor::<4>::random(
-                [b, seq, kv_heads, hd],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
-            let v = Tensor::<4>::random(
-                [b, seq, kv_heads, hd],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
+            let q = Tensor::<4>::random([b, nq, h, hd], normal, &device);
+            // Token-major keys seen head-major: a strided view, as the block passes them.
+            let k = Tensor::<4>::random([b, seq, kv_heads, hd], normal, &device).swap_dims(1, 2);
+            let v = Tensor::<4>::random([b, kv_heads, seq, hd], normal, &device);
             // Batch row i hides its first i keys (left padding).
             let hidden: Vec<bool> = (0..b)
                 .flat_map(|i| (0..seq).map(move |j| j < 3 * i))
                 .collect();
             let mask =
                 Tensor::<4, Bool>::from_data(TensorData::new(hidden, [b, 1, 1, seq]), &device);
+            let cut = seq / 3;
             for key_mask in [None, Some(&mask)] {
-                let want = super::fused(q.clone(), k.clone(), v.clone(), key_mask);
-                let got = super::cpu::attention(q.clone(), k.clone(), v.clone(), key_mask);
-                assert_eq!(got.dims(), [b, nq, h * hd]);
-                let diff: f32 = (got - want).abs().max().into_scalar();
-                assert!(
-                    diff < 1e-5,
-                    "shape {:?}: max difference {diff}",
-                    (b, h, kv_heads, nq, seq, hd)
-                );
+                let whole = [(k.clone(), v.clone())];
+                let want = super::fused(q.clone(), &whole, key_mask);
+                let split = |t: &Tensor<4>| {
+                    (
+                        t.clone().narrow(2, 0, cut),
+                        t.clone().narrow(2, cut, seq - cut),
+                    )
+                };
+                let ((k0, k1), (v0, v1)) = (split(&k), split(&v));
+                for mut segments in [whole.to_vec(), vec![(k0, v0), (k1, v1)]] {
+                    let got = super::cpu::attention(&q, &mut segments, key_mask)
+                        .expect("flex float32 operands");
+                    assert_eq!(got.dims(), [b, nq, h * hd]);
+                    let diff: f32 = (got - want.clone()).abs().max().into_scalar();
+                    assert!(
+                        diff < 1e-5,
+                        "shape {:?}, {} segments: max difference {diff}",
+                        (b, h, kv_heads, nq, seq, hd),
+                        segments.len()
+                    );
+                }
             }
         }
     }

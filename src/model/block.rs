@@ -15,6 +15,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::RmsNorm;
+use super::attention::KvSegment;
 use super::rope::Rope;
 use super::stream::Stream;
 use crate::cache::store::Features;
@@ -99,19 +100,20 @@ impl Block {
     }
 
     /// Multi-head attention of `q` (rotated, `[b, nq, h, hd]`) over the keys (rotated) and
-    /// values of the whole sequence (`[b, seq, kv_heads, hd]`), output projected: `[b, nq, d]`.
+    /// values of the whole sequence, given as head-major segments (`[b, kv_heads, rows, hd]`
+    /// each, in sequence order), output projected: `[b, nq, d]`. Segments may come back as
+    /// contiguous copies of themselves; store those.
     fn attend(
         &self,
         q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
+        segments: &mut [KvSegment],
         env: &LayerEnv<'_>,
         flops: &mut FlopCounter,
     ) -> Tensor<3> {
         let [b, nq, h, hd] = q.dims();
-        let [_, seq, _, _] = k.dims();
+        let seq: usize = segments.iter().map(|(k, _)| k.dims()[2]).sum();
         flops.add_attention(b, h, nq, seq, hd);
-        let out = super::attention::attention(q, k, v, env.key_mask);
+        let out = super::attention::attention(q, segments, env.key_mask);
         self.proj(&self.o, out, flops)
     }
 
@@ -185,7 +187,7 @@ impl Block {
             return Ok(w);
         }
         let [b, _, _] = x.dims();
-        let expected = [b, len, self.n_kv_heads, self.head_dim];
+        let expected = [b, self.n_kv_heads, len, self.head_dim];
         let cached = match ctx.cache.get(layer, segment) {
             Some(f) if f.v.dims() == expected => Some(f),
             Some(f) => {
@@ -205,12 +207,12 @@ impl Block {
             let h = self.attn_norm.forward(x.segment(segment.index()));
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
             // Policies see values as rows, `[b, rows, kv_dim]`.
-            let cached_v =
-                cached
-                    .expect("checked above")
-                    .v
-                    .clone()
-                    .reshape([b, len, self.kv_dim()]);
+            let cached_v = cached
+                .expect("checked above")
+                .v
+                .clone()
+                .swap_dims(1, 2)
+                .reshape([b, len, self.kv_dim()]);
             let probe = Probe {
                 fresh_v: &fresh_v,
                 cached_v: &cached_v,
@@ -263,30 +265,39 @@ impl Block {
         let k = self.proj(&self.k, h.clone(), flops);
         let v = self.proj(&self.v, h, flops);
         let q = env.rope.apply(self.heads(q, self.n_heads));
-        let k = env.rope.apply(self.heads(k, self.n_kv_heads));
-        let v = self.heads(v, self.n_kv_heads);
-        // Keys and values are kept only when they will be stored: the attention kernel reads
-        // a tensor nobody else holds without copying it.
-        let kept = store.then(|| (k.clone(), v.clone()));
-        let attn = self.attend(q, k, v, env, flops);
+        let k = env
+            .rope
+            .apply(self.heads(k, self.n_kv_heads))
+            .swap_dims(1, 2);
+        let v = self.heads(v, self.n_kv_heads).swap_dims(1, 2);
+        // One key segment per cache segment, stored or not: the kernel hands each back
+        // contiguous (what later steps read in place), and the summation order, hence every
+        // bit of the result, does not depend on whether the policy stores features.
+        let parts = [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)];
+        let mut segments: Vec<KvSegment> = parts
+            .iter()
+            .filter(|(_, _, len)| *len > 0)
+            .map(|&(_, offset, len)| {
+                (
+                    k.clone().narrow(2, offset, len),
+                    v.clone().narrow(2, offset, len),
+                )
+            })
+            .collect();
+        let attn = self.attend(q, &mut segments, env, flops);
         let x = x + attn.clone();
         let ffn = self.ffn(x.clone(), flops);
-        if let Some((k, v)) = kept {
-            for (segment, offset, len) in [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)]
-            {
-                if len > 0 {
-                    let cut = |t: &Tensor<3>| t.clone().narrow(1, offset, len);
-                    cache.set(
-                        layer,
-                        segment,
-                        Features {
-                            k: k.clone().narrow(1, offset, len),
-                            v: v.clone().narrow(1, offset, len),
-                            attn: cut(&attn),
-                            ffn: cut(&ffn),
-                        },
-                    );
-                }
+        if store {
+            let stored = parts.iter().filter(|(_, _, len)| *len > 0);
+            for (&(segment, offset, len), (k, v)) in stored.zip(segments) {
+                let cut = |t: &Tensor<3>| t.clone().narrow(1, offset, len);
+                let features = Features {
+                    k,
+                    v,
+                    attn: cut(&attn),
+                    ffn: cut(&ffn),
+                };
+                cache.set(layer, segment, features);
             }
         }
         x + ffn
@@ -306,7 +317,7 @@ impl Block {
     ) {
         // The probe's fresh values of every row replace the cached ones.
         let fresh_or_cached = |fresh: &Option<Tensor<3>>, c: &Features| match fresh {
-            Some(v) => self.heads(v.clone(), self.n_kv_heads),
+            Some(v) => self.heads(v.clone(), self.n_kv_heads).swap_dims(1, 2),
             None => c.v.clone(),
         };
         // Keys/values of each segment after this step's updates, and the queries to run.
@@ -332,8 +343,8 @@ impl Block {
                         None => self.proj(&self.v, h, flops),
                     };
                     let rope = env.rope.rows(w.offset, w.offset + w.len);
-                    keys.push(rope.apply(self.heads(k, self.n_kv_heads)));
-                    values.push(self.heads(v, self.n_kv_heads));
+                    keys.push(rope.apply(self.heads(k, self.n_kv_heads)).swap_dims(1, 2));
+                    values.push(self.heads(v, self.n_kv_heads).swap_dims(1, 2));
                     queries.push(rope.apply(self.heads(q, self.n_heads)));
                     query_rows[s] = w.len;
                 }
@@ -358,12 +369,13 @@ impl Block {
                     let k = self.proj(&self.k, h_sel.clone(), flops);
                     let rope = env.rope.gather(idx, w.offset);
                     let k = rope.apply(self.heads(k, self.n_kv_heads));
-                    keys.push(scatter_token_rows(c.k.clone(), idx, k));
+                    keys.push(scatter_head_rows(c.k.clone(), idx, k.swap_dims(1, 2)));
                     values.push(match &w.fresh_v {
                         Some(_) => fresh_or_cached(&w.fresh_v, c),
                         None => {
                             let v = self.proj(&self.v, h_sel, flops);
-                            scatter_token_rows(c.v.clone(), idx, self.heads(v, self.n_kv_heads))
+                            let v = self.heads(v, self.n_kv_heads).swap_dims(1, 2);
+                            scatter_head_rows(c.v.clone(), idx, v)
                         }
                     });
                     queries.push(rope.apply(self.heads(q, self.n_heads)));
@@ -371,14 +383,13 @@ impl Block {
                 }
             }
         }
-        // Attention for the recomputed rows of both segments in one call (keys and values
-        // joined only then: a layer that recomputes nothing needs neither).
+        // Attention for the recomputed rows of both segments in one call, over the key/value
+        // segments as they are (the kernel reads them in place).
         let total_q: usize = query_rows.iter().sum();
+        let mut segments: Vec<KvSegment> = keys.into_iter().zip(values).collect();
         let attn_rows = if total_q > 0 {
             let q = Tensor::cat(queries, 1);
-            let k_all = Tensor::cat(keys.clone(), 1);
-            let v_all = Tensor::cat(values.clone(), 1);
-            split_rows(self.attend(q, k_all, v_all, env, flops), &query_rows)
+            split_rows(self.attend(q, &mut segments, env, flops), &query_rows)
         } else {
             vec![None, None]
         };
@@ -414,7 +425,7 @@ impl Block {
         }
 
         if store {
-            let mut kv = keys.into_iter().zip(values);
+            let mut kv = segments.into_iter();
             for (s, w) in work.iter().enumerate() {
                 if w.len == 0 {
                     continue;
@@ -508,18 +519,18 @@ pub(crate) fn scatter_rows(t: Tensor<3>, idx: &Tensor<2, Int>, rows: Tensor<3>) 
     t.scatter(1, index, rows, IndexingUpdateOp::Assign)
 }
 
-/// `t` with token rows `idx[b, j]` (every head) replaced by `rows[b, j]`.
+/// `t` with rows `idx[b, j]` of every head replaced by `rows[b, :, j]`.
 ///
 /// # Shapes
-/// - `t`: `[b, n, heads, hd]`, `idx`: `[b, k]`, `rows`: `[b, k, heads, hd]`.
-fn scatter_token_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Tensor<4> {
-    let [b, _, heads, hd] = t.dims();
+/// - `t`: `[b, heads, n, hd]`, `idx`: `[b, k]`, `rows`: `[b, heads, k, hd]`.
+fn scatter_head_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Tensor<4> {
+    let [b, heads, _, hd] = t.dims();
     let [_, k] = idx.dims();
     if b == 1 {
-        return t.select_assign(1, idx.clone().reshape([k]), rows, IndexingUpdateOp::Assign);
+        return t.select_assign(2, idx.clone().reshape([k]), rows, IndexingUpdateOp::Assign);
     }
-    let index = idx.clone().reshape([b, k, 1, 1]).expand([b, k, heads, hd]);
-    t.scatter(1, index, rows, IndexingUpdateOp::Assign)
+    let index = idx.clone().reshape([b, 1, k, 1]).expand([b, heads, k, hd]);
+    t.scatter(2, index, rows, IndexingUpdateOp::Assign)
 }
 
 /// Reads a `[b, k]` index tensor to the host.
