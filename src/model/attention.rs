@@ -136,47 +136,49 @@ mod cpu {
             let mask = mask.as_ref().map(|m| m.iter::<bool>().collect::<Vec<_>>());
             let scale = 1.0 / (hd as f32).sqrt();
             let rep = h / kv_heads;
-            // Enough tasks for every thread even when only a few rows are recomputed.
-            let tasks_per_batch = (2 * rayon::current_num_threads()).div_ceil(b);
-            let rows = nq.div_ceil(tasks_per_batch).clamp(8, MAX_ROWS).min(nq);
-            out.par_chunks_mut(nq * width)
+            // Tasks are (batch row, head, block of query rows): with few query rows (a cached
+            // step recomputes 16 of 1088) there are still a task per head, and each task
+            // packs only its own head's keys for the gemm. Heads write head-major planes,
+            // joined token-major below.
+            let mut planes = vec![0f32; b * h * nq * hd];
+            planes
+                .par_chunks_mut(nq * hd)
                 .enumerate()
-                .for_each(|(bi, out_batch)| {
+                .for_each(|(plane, out_plane)| {
+                    let (bi, hi) = (plane / h, plane % h);
                     let keep = mask.as_ref().map(|m| &m[bi * seq..(bi + 1) * seq]);
                     let queries = &qd[bi * nq * width..(bi + 1) * nq * width];
-                    out_batch.par_chunks_mut(rows * width).enumerate().for_each(
-                        |(blk, out_rows)| {
-                            let n = out_rows.len() / width;
-                            let q_rows = &queries[blk * rows * width..][..n * width];
+                    // This head's keys and values in every segment.
+                    let g = bi * kv_heads + hi / rep;
+                    let heads: Vec<(&[f32], &[f32])> = kv
+                        .iter()
+                        .map(|(len, k, v)| {
+                            let plane = g * len * hd..(g + 1) * len * hd;
+                            (&k[plane.clone()], &v[plane])
+                        })
+                        .collect();
+                    out_plane
+                        .par_chunks_mut(MAX_ROWS * hd)
+                        .enumerate()
+                        .for_each(|(blk, out_rows)| {
+                            let n = out_rows.len() / hd;
+                            let query = Query {
+                                q: &queries[blk * MAX_ROWS * width + hi * hd..],
+                                rows: n,
+                                q_stride: width,
+                                masked: keep,
+                            };
                             let mut scores = vec![0f32; n * seq];
-                            for hi in 0..h {
-                                // This head's keys and values in every segment.
-                                let g = bi * kv_heads + hi / rep;
-                                let heads: Vec<(&[f32], &[f32])> = kv
-                                    .iter()
-                                    .map(|(len, k, v)| {
-                                        let plane = g * len * hd..(g + 1) * len * hd;
-                                        (&k[plane.clone()], &v[plane])
-                                    })
-                                    .collect();
-                                let query = Query {
-                                    q: &q_rows[hi * hd..],
-                                    rows: n,
-                                    stride: width,
-                                    masked: keep,
-                                };
-                                head(
-                                    query,
-                                    &heads,
-                                    &mut scores,
-                                    &mut out_rows[hi * hd..],
-                                    hd,
-                                    scale,
-                                );
-                            }
-                        },
-                    );
+                            head(query, &heads, &mut scores, out_rows, hd, scale);
+                        });
                 });
+            for (row, out_row) in out.chunks_exact_mut(width).enumerate() {
+                let (bi, i) = (row / nq, row % nq);
+                for (hi, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
+                    let start = ((bi * h + hi) * nq + i) * hd;
+                    out_head.copy_from_slice(&planes[start..start + hd]);
+                }
+            }
         }
         Some(Tensor::from_data(
             TensorData::new(out, [b, nq, width]),
@@ -184,11 +186,11 @@ mod cpu {
         ))
     }
 
-    /// A block of query rows of one head: `[rows, hd]` at row stride `stride`.
+    /// A block of query rows of one head: `[rows, hd]` at row stride `q_stride`.
     struct Query<'a> {
         q: &'a [f32],
         rows: usize,
-        stride: usize,
+        q_stride: usize,
         /// Per key of the whole sequence, whether it is hidden.
         masked: Option<&'a [bool]>,
     }
@@ -203,8 +205,7 @@ mod cpu {
     }
 
     /// Attention of one head for a block of query rows over the key/value segments `kv`
-    /// (each `[len, hd]` row-major), written to columns `0..hd` of `out`'s rows (row stride
-    /// `query.stride`).
+    /// (each `[len, hd]` row-major), written to `out` (`[rows, hd]` row-major).
     fn head(
         query: Query<'_>,
         kv: &[(&[f32], &[f32])],
@@ -216,17 +217,17 @@ mod cpu {
         let Query {
             q,
             rows,
-            stride,
+            q_stride,
             masked,
         } = query;
         let seq: usize = kv.iter().map(|(k, _)| k.len() / hd).sum();
-        assert!(q.len() >= span(rows, stride, hd) && out.len() >= span(rows, stride, hd));
+        assert!(q.len() >= span(rows, q_stride, hd) && out.len() == rows * hd);
         assert!(scores.len() == rows * seq);
         let mut col = 0;
         for (k, _) in kv {
             let len = k.len() / hd;
             // SAFETY: scores [rows x seq] row-major, written in columns col..col + len (within
-            // seq by construction); q [rows x hd] at row stride `stride` (asserted above);
+            // seq by construction); q [rows x hd] at row stride `q_stride` (asserted above);
             // k^T [hd x len] read from k [len x hd] row-major (exactly k.len() elements).
             unsafe {
                 gemm::gemm(
@@ -239,7 +240,7 @@ mod cpu {
                     false,
                     q.as_ptr(),
                     1,
-                    stride as isize,
+                    q_stride as isize,
                     k.as_ptr(),
                     hd as isize,
                     1,
@@ -257,7 +258,7 @@ mod cpu {
         let mut col = 0;
         for (i, (_, v)) in kv.iter().enumerate() {
             let len = v.len() / hd;
-            // SAFETY: out [rows x hd] at row stride `stride` (asserted above); the score
+            // SAFETY: out [rows x hd] row-major (asserted above); the score
             // columns col..col + len of [rows x seq]; v [len x hd] row-major. Segments after
             // the first accumulate into `out`.
             unsafe {
@@ -267,7 +268,7 @@ mod cpu {
                     len,
                     out.as_mut_ptr(),
                     1,
-                    stride as isize,
+                    hd as isize,
                     i > 0,
                     scores.as_ptr().add(col),
                     1,
