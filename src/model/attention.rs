@@ -85,7 +85,7 @@ fn fused(q: Tensor<4>, segments: &[KvSegment], key_mask: Option<&Tensor<4, Bool>
 }
 
 #[cfg(all(feature = "cpu-attention", feature = "flex"))]
-mod cpu {
+pub(super) mod cpu {
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
     use burn::tensor::{Bool, Tensor, TensorData};
@@ -103,10 +103,48 @@ mod cpu {
         if p.as_slice::<f32>().is_some() {
             return Some(p);
         }
+        let values = match contiguous(&p) {
+            Some(values) => values,
+            None => t.clone().into_data().try_into_vec::<f32>().ok()?,
+        };
         let device = t.device();
-        *t = Tensor::from_data(t.clone().into_data(), &device);
+        *t = Tensor::from_data(TensorData::new(values, t.dims()), &device);
         let p = t.clone().try_into_primitive::<Flex>().ok()?;
         p.as_slice::<f32>().is_some().then_some(p)
+    }
+
+    /// The values of a 4-D view whose last axis has stride 1 (a head-major view of token-major
+    /// keys, a narrowed segment), copied row by row in logical order. burn-flex's general
+    /// strided copy walks such a view element by element; this one copies whole head rows.
+    fn contiguous(p: &FlexTensor) -> Option<Vec<f32>> {
+        let layout = p.layout();
+        let dims: &[usize] = layout.shape();
+        let strides = layout.strides();
+        if dims.len() != 4 || strides[3] != 1 || strides.iter().any(|&s| s < 0) {
+            return None;
+        }
+        let storage = p.storage::<f32>();
+        let (s0, s1, s2) = (
+            strides[0] as usize,
+            strides[1] as usize,
+            strides[2] as usize,
+        );
+        let (rows, row) = (dims[2], dims[3]);
+        let last = layout.start_offset() + (dims[0] - 1) * s0 + (dims[1] - 1) * s1;
+        if dims.contains(&0) || storage.len() < last + (rows - 1) * s2 + row {
+            return None;
+        }
+        let mut out = vec![0f32; dims.iter().product()];
+        out.par_chunks_mut(rows * row)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let (i, j) = (plane / dims[1], plane % dims[1]);
+                let base = layout.start_offset() + i * s0 + j * s1;
+                for (r, d) in dst.chunks_exact_mut(row).enumerate() {
+                    d.copy_from_slice(&storage[base + r * s2..base + r * s2 + row]);
+                }
+            });
+        Some(out)
     }
 
     /// `None` when an operand is not a flex tensor (the caller then uses burn's op).
@@ -136,19 +174,27 @@ mod cpu {
             let mask = mask.as_ref().map(|m| m.iter::<bool>().collect::<Vec<_>>());
             let scale = 1.0 / (hd as f32).sqrt();
             let rep = h / kv_heads;
-            // Tasks are (batch row, head, block of query rows): with few query rows (a cached
-            // step recomputes 16 of 1088) there are still a task per head, and each task
-            // packs only its own head's keys for the gemm. Heads write head-major planes,
-            // joined token-major below.
-            let mut planes = vec![0f32; b * h * nq * hd];
-            planes
-                .par_chunks_mut(nq * hd)
-                .enumerate()
-                .for_each(|(plane, out_plane)| {
-                    let (bi, hi) = (plane / h, plane % h);
-                    let keep = mask.as_ref().map(|m| &m[bi * seq..(bi + 1) * seq]);
-                    let queries = &qd[bi * nq * width..(bi + 1) * nq * width];
-                    // This head's keys and values in every segment.
+            // Tasks are (batch row, block of query rows, heads): each writes its own tiles of
+            // `out` (its rows, its heads' columns). With few query rows (a cached step
+            // recomputes 16 of 1088) there is a task per head, each packing only its own
+            // head's keys for the gemm.
+            let blocks = nq.div_ceil(MAX_ROWS);
+            // Row blocks alone give every thread work on a full pass; a task then runs all
+            // heads and reuses one score buffer. With few rows, one task per head instead.
+            let group = if b * blocks >= 2 * rayon::current_num_threads() {
+                h
+            } else {
+                1
+            };
+            let groups = h / group;
+            let tiles = Tiles(out.as_mut_ptr());
+            (0..b * blocks * groups).into_par_iter().for_each(|task| {
+                let (bi, rest) = (task / (blocks * groups), task % (blocks * groups));
+                let (blk, hg) = (rest / groups, rest % groups);
+                let first = blk * MAX_ROWS;
+                let n = MAX_ROWS.min(nq - first);
+                let mut scores = vec![0f32; n * seq];
+                for hi in hg * group..(hg + 1) * group {
                     let g = bi * kv_heads + hi / rep;
                     let heads: Vec<(&[f32], &[f32])> = kv
                         .iter()
@@ -157,28 +203,31 @@ mod cpu {
                             (&k[plane.clone()], &v[plane])
                         })
                         .collect();
-                    out_plane
-                        .par_chunks_mut(MAX_ROWS * hd)
-                        .enumerate()
-                        .for_each(|(blk, out_rows)| {
-                            let n = out_rows.len() / hd;
-                            let query = Query {
-                                q: &queries[blk * MAX_ROWS * width + hi * hd..],
-                                rows: n,
-                                q_stride: width,
-                                masked: keep,
-                            };
-                            let mut scores = vec![0f32; n * seq];
-                            head(query, &heads, &mut scores, out_rows, hd, scale);
-                        });
-                });
-            for (row, out_row) in out.chunks_exact_mut(width).enumerate() {
-                let (bi, i) = (row / nq, row % nq);
-                for (hi, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
-                    let start = ((bi * h + hi) * nq + i) * hd;
-                    out_head.copy_from_slice(&planes[start..start + hd]);
+                    let query = Query {
+                        q: &qd[(bi * nq + first) * width + hi * hd..],
+                        rows: n,
+                        q_stride: width,
+                        masked: mask.as_ref().map(|m| &m[bi * seq..(bi + 1) * seq]),
+                    };
+                    let offset = (bi * nq + first) * width + hi * hd;
+                    debug_assert!(offset + span(n, width, hd) <= b * nq * width);
+                    // SAFETY: `offset` and the rows of this tile ([n x hd] at row stride
+                    // `width`) lie inside `out` (b * nq * width elements); tasks cover distinct
+                    // (rows, head) pairs, so no two write the same element, and `out` outlives
+                    // the loop.
+                    unsafe {
+                        head(
+                            query,
+                            &heads,
+                            &mut scores,
+                            tiles.at(offset),
+                            width,
+                            hd,
+                            scale,
+                        );
+                    }
                 }
-            }
+            });
         }
         Some(Tensor::from_data(
             TensorData::new(out, [b, nq, width]),
@@ -204,13 +253,31 @@ mod cpu {
         }
     }
 
+    /// The output of [`attention`], written tile by tile from several tasks.
+    struct Tiles(*mut f32);
+
+    // SAFETY: tasks write disjoint tiles (see the loop in `attention`).
+    unsafe impl Sync for Tiles {}
+
+    impl Tiles {
+        fn at(&self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+
     /// Attention of one head for a block of query rows over the key/value segments `kv`
-    /// (each `[len, hd]` row-major), written to `out` (`[rows, hd]` row-major).
-    fn head(
+    /// (each `[len, hd]` row-major), written to `out` (`[rows, hd]` at row stride
+    /// `out_stride`).
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of the `rows x hd` tile at row stride `out_stride`, and
+    /// nothing else may access that tile during the call.
+    unsafe fn head(
         query: Query<'_>,
         kv: &[(&[f32], &[f32])],
         scores: &mut [f32],
-        out: &mut [f32],
+        out: *mut f32,
+        out_stride: usize,
         hd: usize,
         scale: f32,
     ) {
@@ -221,7 +288,7 @@ mod cpu {
             masked,
         } = query;
         let seq: usize = kv.iter().map(|(k, _)| k.len() / hd).sum();
-        assert!(q.len() >= span(rows, q_stride, hd) && out.len() == rows * hd);
+        assert!(q.len() >= span(rows, q_stride, hd));
         assert!(scores.len() == rows * seq);
         let mut col = 0;
         for (k, _) in kv {
@@ -258,7 +325,7 @@ mod cpu {
         let mut col = 0;
         for (i, (_, v)) in kv.iter().enumerate() {
             let len = v.len() / hd;
-            // SAFETY: out [rows x hd] row-major (asserted above); the score
+            // SAFETY: out [rows x hd] at row stride out_stride (the caller's contract); the score
             // columns col..col + len of [rows x seq]; v [len x hd] row-major. Segments after
             // the first accumulate into `out`.
             unsafe {
@@ -266,9 +333,9 @@ mod cpu {
                     rows,
                     hd,
                     len,
-                    out.as_mut_ptr(),
+                    out,
                     1,
-                    hd as isize,
+                    out_stride as isize,
                     i > 0,
                     scores.as_ptr().add(col),
                     1,
@@ -385,7 +452,7 @@ mod cpu {
     /// `|r| <= ln2/2` (relative error below 2e-7), and `2^n` built in the exponent bits.
     /// Arguments below -87 (including -inf) give exactly 0.
     #[inline(always)]
-    pub(super) fn exp(x: f32) -> f32 {
+    pub(in crate::model) fn exp(x: f32) -> f32 {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         const LN2_HI: f32 = 0.693_145_75;
         const LN2_LO: f32 = 1.428_606_8e-6;

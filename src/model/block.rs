@@ -11,7 +11,6 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::RmsNorm;
@@ -90,7 +89,7 @@ impl Block {
         let h = self.ffn_norm.forward(x);
         let gate = self.proj(&self.gate, h.clone(), flops);
         let up = self.proj(&self.up, h, flops);
-        self.proj(&self.down, silu(gate) * up, flops)
+        self.proj(&self.down, super::swiglu::silu_mul(gate, up), flops)
     }
 
     /// `[b, n, heads*hd]` -> `[b, n, heads, hd]` (a view: rows stay contiguous).
