@@ -460,14 +460,19 @@ pub(super) mod cpu {
         let xc = x.max(-87.0);
         // Round to nearest with the 1.5 * 2^23 trick: plain adds, which vectorise everywhere.
         const ROUND: f32 = 12_582_912.0;
-        let n = (xc * LOG2E + ROUND) - ROUND;
+        let t = xc * LOG2E + ROUND;
+        let n = t - ROUND;
+        // The same n as an integer, read from t's mantissa (t = 1.5 * 2^23 + n, one unit per
+        // ulp): integer arithmetic that vectorises, where `n as i32` (a saturating cast)
+        // compiled to one scalar conversion per lane.
+        let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
         let r = xc - n * LN2_HI - n * LN2_LO;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (0.166_666_67
                         + r * (0.041_666_42 + r * (0.008_333_457 + r * 0.001_398_2)))));
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        let scale = f32::from_bits(((ni + 127) as u32) << 23);
         if underflow { 0.0 } else { p * scale }
     }
 
