@@ -358,44 +358,47 @@ pub(super) mod cpu {
     /// Row-wise softmax of `scores` (`seq` columns), masked keys excluded, with the widest
     /// vector instructions the CPU has (one feature check per block, not per row).
     fn softmax_rows(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
+        vectorised(#[inline(always)] || {
+            for row in scores.chunks_exact_mut(seq) {
+                softmax_in_place(row, masked);
+            }
+        });
+    }
+
+    /// Runs `body` compiled for the widest vector instructions the CPU has (AVX-512, else
+    /// AVX2 + FMA, else the build's baseline), picked at run time. `body` and what it calls
+    /// must be `#[inline(always)]` down to the loops, so that they are compiled inside the
+    /// feature-enabled function.
+    #[inline(always)]
+    pub(in crate::model) fn vectorised(body: impl FnOnce()) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports the features the function is compiled for.
-                unsafe { softmax_rows_avx512(scores, seq, masked) };
+                unsafe { with_avx512(body) };
                 return;
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: as above.
-                unsafe { softmax_rows_avx2(scores, seq, masked) };
+                unsafe { with_avx2(body) };
                 return;
             }
         }
-        softmax_rows_portable(scores, seq, masked);
+        body()
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn softmax_rows_avx512(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
-        for row in scores.chunks_exact_mut(seq) {
-            softmax_in_place(row, masked);
-        }
+    fn with_avx512(body: impl FnOnce()) {
+        body()
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn softmax_rows_avx2(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
-        for row in scores.chunks_exact_mut(seq) {
-            softmax_in_place(row, masked);
-        }
-    }
-
-    fn softmax_rows_portable(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
-        for row in scores.chunks_exact_mut(seq) {
-            softmax_in_place(row, masked);
-        }
+    fn with_avx2(body: impl FnOnce()) {
+        body()
     }
 
     /// Independent partial results per lane, so that reductions vectorise (a single running

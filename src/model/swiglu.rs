@@ -31,7 +31,7 @@ mod host {
     use burn::tensor::Tensor;
     use rayon::prelude::*;
 
-    use super::super::attention::cpu::exp;
+    use super::super::attention::cpu::{exp, vectorised};
 
     pub(super) fn silu_mul(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
         let fallback = |g: Tensor<3>, u: Tensor<3>| burn::tensor::activation::silu(g) * u;
@@ -63,38 +63,9 @@ mod host {
 
     /// `g = silu(g) * u` with the widest vector instructions the CPU has.
     fn silu_mul_chunk(g: &mut [f32], u: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports the features the function is compiled for.
-                unsafe { silu_mul_avx512(g, u) };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: as above.
-                unsafe { silu_mul_avx2(g, u) };
-                return;
-            }
-        }
-        silu_mul_portable(g, u);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn silu_mul_avx512(g: &mut [f32], u: &[f32]) {
-        g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
-        g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
-    }
-
-    fn silu_mul_portable(g: &mut [f32], u: &[f32]) {
-        g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
+        vectorised(#[inline(always)] || {
+            g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
+        });
     }
 
     /// `x * sigmoid(x)`, branch-free: with `t = e^-|x|` (never overflows),
