@@ -358,11 +358,14 @@ pub(super) mod cpu {
     /// Row-wise softmax of `scores` (`seq` columns), masked keys excluded, with the widest
     /// vector instructions the CPU has (one feature check per block, not per row).
     fn softmax_rows(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
-        vectorised(#[inline(always)] || {
-            for row in scores.chunks_exact_mut(seq) {
-                softmax_in_place(row, masked);
-            }
-        });
+        vectorised(
+            #[inline(always)]
+            || {
+                for row in scores.chunks_exact_mut(seq) {
+                    softmax_in_place(row, masked);
+                }
+            },
+        );
     }
 
     /// Runs `body` compiled for the widest vector instructions the CPU has (AVX-512, else

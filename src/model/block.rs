@@ -272,10 +272,13 @@ impl Block {
         // One key segment per cache segment, stored or not: the kernel hands each back
         // contiguous (what later steps read in place), and the summation order, hence every
         // bit of the result, does not depend on whether the policy stores features.
-        let parts = [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)];
+        let parts: Vec<(Segment, usize, usize)> =
+            [(Segment::Prompt, 0, p), (Segment::Response, p, seq - p)]
+                .into_iter()
+                .filter(|&(_, _, len)| len > 0)
+                .collect();
         let mut segments: Vec<KvSegment> = parts
             .iter()
-            .filter(|(_, _, len)| *len > 0)
             .map(|&(_, offset, len)| {
                 (
                     k.clone().narrow(2, offset, len),
@@ -287,8 +290,7 @@ impl Block {
         let x = x + attn.clone();
         let ffn = self.ffn(x.clone(), flops);
         if store {
-            let stored = parts.iter().filter(|(_, _, len)| *len > 0);
-            for (&(segment, offset, len), (k, v)) in stored.zip(segments) {
+            for ((segment, offset, len), (k, v)) in parts.into_iter().zip(segments) {
                 let cut = |t: &Tensor<3>| t.clone().narrow(1, offset, len);
                 let features = Features {
                     k,

@@ -63,9 +63,12 @@ mod host {
 
     /// `g = silu(g) * u` with the widest vector instructions the CPU has.
     fn silu_mul_chunk(g: &mut [f32], u: &[f32]) {
-        vectorised(#[inline(always)] || {
-            g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
-        });
+        vectorised(
+            #[inline(always)]
+            || {
+                g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
+            },
+        );
     }
 
     /// `x * sigmoid(x)`, branch-free: with `t = e^-|x|` (never overflows),
