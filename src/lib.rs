@@ -53,6 +53,7 @@ pub mod cache;
 mod denoiser;
 mod error;
 pub mod flops;
+mod kernels;
 pub mod model;
 pub mod pipeline;
 mod rng;

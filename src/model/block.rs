@@ -89,7 +89,7 @@ impl Block {
         let h = self.ffn_norm.forward(x);
         let gate = self.proj(&self.gate, h.clone(), flops);
         let up = self.proj(&self.up, h, flops);
-        self.proj(&self.down, super::swiglu::silu_mul(gate, up), flops)
+        self.proj(&self.down, swiglu(gate, up), flops)
     }
 
     /// `[b, n, heads*hd]` -> `[b, n, heads, hd]` (a view: rows stay contiguous).
@@ -475,6 +475,14 @@ impl Block {
                 })
             })
             .collect()
+    }
+}
+
+/// `silu(gate) * up`: the kernel where one applies, else burn's ops.
+fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    match crate::kernels::silu_mul(gate, up) {
+        Ok(product) => product,
+        Err((gate, up)) => burn::tensor::activation::silu(gate) * up,
     }
 }
 

@@ -12,7 +12,6 @@ pub mod llada;
 pub(crate) mod loader;
 pub(crate) mod rope;
 mod stream;
-mod swiglu;
 
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};

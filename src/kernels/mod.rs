@@ -1,0 +1,81 @@
+//! Backend fast paths, and all of the crate's `unsafe`.
+//!
+//! With the `cpu-kernels` feature (default) and the flex backend in float32, attention and the
+//! SwiGLU product run on this module's kernels; everywhere else (other backends, other dtypes,
+//! autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
+//! declines, and the caller falls back; the two paths compute the same functions with a
+//! different order of float32 summation, and the golden tests pass with either.
+//!
+//! # Safety
+//!
+//! The `unsafe` code here is of three kinds, each argued where it occurs:
+//!
+//! * calls of `gemm::gemm` on raw pointers (attention scores and outputs): every pointer,
+//!   length and stride is derived from slices whose lengths are checked against the matrix
+//!   extents before the call (`assert!`s in `attention::head`), so every read and write stays
+//!   inside its slice;
+//! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`):
+//!   each task owns a distinct (query rows, head) tile, the tiles partition the buffer, and
+//!   the buffer outlives the parallel loop;
+//! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`): made only after
+//!   `is_x86_feature_detected!` confirmed the CPU has those features.
+//!
+//! No other module of the crate contains `unsafe`.
+
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod attention;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod simd;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod swiglu;
+
+use burn::tensor::{Bool, Tensor};
+
+/// Keys and values of one segment, head-major: `[batch, kv_heads, rows, head_dim]` each.
+pub(crate) type KvSegment = (Tensor<4>, Tensor<4>);
+
+/// `softmax(q k^T / sqrt(head_dim)) v` over the concatenation of `segments`, keys hidden where
+/// `key_mask` is true, heads concatenated per query row; `None` where no kernel applies (not
+/// flex, not float32, feature off). Segments may be replaced by contiguous copies of
+/// themselves (same values).
+///
+/// # Shapes
+/// - `q`: `[batch, nq, heads, head_dim]`
+/// - each segment: `[batch, kv_heads, rows_s, head_dim]` (`kv_heads` divides `heads`)
+/// - `key_mask`: `[batch, 1, 1, sum of rows_s]`
+/// - returns `[batch, nq, heads * head_dim]`
+#[allow(unused_variables)] // without the kernels every call declines
+pub(crate) fn attention(
+    q: &Tensor<4>,
+    segments: &mut [KvSegment],
+    key_mask: Option<&Tensor<4, Bool>>,
+) -> Option<Tensor<3>> {
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    if q.device() == burn::tensor::Device::flex()
+        && q.dtype() == burn::tensor::DType::F32
+        && segments
+            .iter()
+            .all(|(k, v)| [k.dtype(), v.dtype()] == [burn::tensor::DType::F32; 2])
+    {
+        return attention::attention(q, segments, key_mask);
+    }
+    None
+}
+
+/// `silu(gate) * up`, elementwise; the operands back where no kernel applies.
+///
+/// # Shapes
+/// - `gate`, `up`: `[batch, rows, d_ff]`; returns the same shape.
+pub(crate) fn silu_mul(
+    gate: Tensor<3>,
+    up: Tensor<3>,
+) -> Result<Tensor<3>, (Tensor<3>, Tensor<3>)> {
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    if gate.device() == burn::tensor::Device::flex()
+        && [gate.dtype(), up.dtype()] == [burn::tensor::DType::F32; 2]
+        && gate.dims() == up.dims()
+    {
+        return swiglu::silu_mul(gate, up);
+    }
+    Err((gate, up))
+}
