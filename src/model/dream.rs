@@ -18,9 +18,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use super::block::Backbone;
-use super::loader::{Checkpoint, DREAM_NAMES};
-use super::{Arch, ArchNames};
+use super::arch::{Arch, ArchNames};
+use super::backbone::Backbone;
+use super::checkpoint::{DREAM_NAMES, NameTable};
+use super::family::Family;
 use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
 use crate::error::{Error, Result};
 
@@ -213,6 +214,35 @@ impl DreamConfig {
         ])
     }
 
+    /// The config as Dream's Hugging Face `config.json` (the fields its remote code needs).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["DreamModel"],
+            "auto_map": {
+                "AutoConfig": "configuration_dream.DreamConfig",
+                "AutoModel": "modeling_dream.DreamModel"
+            },
+            "model_type": "Dream",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "mask_token_id": self.mask_token_id,
+            "max_position_embeddings": self.max_position_embeddings,
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "pad_token_id": self.pad_token_id,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": null,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": false,
+            "use_sliding_window": false,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
@@ -222,8 +252,20 @@ impl DreamConfig {
     pub fn num_params(&self) -> usize {
         self.arch().num_params()
     }
+}
 
-    pub(crate) fn arch(&self) -> Arch {
+impl Family for DreamConfig {
+    const NAMES: NameTable = DREAM_NAMES;
+
+    fn from_file(path: &Path) -> Result<Self> {
+        DreamConfig::from_file(path)
+    }
+
+    fn validate(&self) -> Result<()> {
+        DreamConfig::validate(self)
+    }
+
+    fn arch(&self) -> Arch {
         Arch {
             d_model: self.hidden_size,
             n_heads: self.num_attention_heads,
@@ -247,6 +289,10 @@ impl DreamConfig {
             },
         }
     }
+
+    fn to_hf_json(&self) -> serde_json::Value {
+        DreamConfig::to_hf_json(self)
+    }
 }
 
 /// A Dream model: parameters only; per-generation state lives in the
@@ -259,70 +305,7 @@ pub struct Dream {
     config: DreamConfig,
 }
 
-impl Dream {
-    /// Loads a Hugging Face Dream folder: `config.json` plus `model.safetensors` or a sharded
-    /// `model.safetensors.index.json` (f32, bf16 or f16, converted to the device float type).
-    ///
-    /// # Errors
-    /// As [`Llada::from_dir`](crate::Llada::from_dir).
-    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = DreamConfig::from_file(dir.join("config.json"))?;
-        let ckpt = Checkpoint::open_dir(dir, DREAM_NAMES, device)?;
-        Self::from_checkpoint(config, ckpt)
-    }
-
-    /// Loads weights from explicit safetensors files.
-    ///
-    /// # Errors
-    /// As [`from_dir`](Self::from_dir).
-    pub fn from_safetensors(
-        config: DreamConfig,
-        files: &[std::path::PathBuf],
-        device: &Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let ckpt = Checkpoint::open_files(files, DREAM_NAMES, device)?;
-        Self::from_checkpoint(config, ckpt)
-    }
-
-    fn from_checkpoint(config: DreamConfig, ckpt: Checkpoint) -> Result<Self> {
-        let backbone = super::load_backbone(ckpt, &config.arch())?;
-        Ok(Self { backbone, config })
-    }
-
-    /// A model with random weights (seeded), for tests and benchmarks.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if the config is invalid.
-    pub fn random(config: DreamConfig, seed: u64, device: &Device) -> Result<Self> {
-        config.validate()?;
-        let backbone = super::random_backbone(&config.arch(), seed, device);
-        Ok(Self { backbone, config })
-    }
-
-    /// The config.
-    pub fn config(&self) -> &DreamConfig {
-        &self.config
-    }
-
-    /// Plain forward pass (no cache) returning the **unshifted** logits of every position (as
-    /// the Hugging Face model returns them) and the hidden states (`num_hidden_layers + 1`
-    /// entries: the input of every block, then the final normed state).
-    ///
-    /// # Shapes
-    /// - `tokens`: `[batch, seq]`; logits `[batch, seq, vocab]`; hidden `[batch, seq, hidden]`.
-    ///
-    /// # Errors
-    /// As [`Denoiser::forward`].
-    pub fn forward_with_hidden_states(
-        &self,
-        tokens: Tensor<2, Int>,
-    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
-        self.backbone
-            .forward_with_hidden(&self.config.arch(), tokens)
-    }
-}
+super::family::family_api!(Dream, DreamConfig, "Dream");
 
 impl Denoiser for Dream {
     fn forward(&self, tokens: Tensor<2, Int>, ctx: &mut StepContext<'_>) -> Result<Tensor<3>> {

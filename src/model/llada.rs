@@ -12,9 +12,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::Deserialize;
 
-use super::block::Backbone;
-use super::loader::{Checkpoint, LLADA_NAMES, SaveDtype};
-use super::{Arch, ArchNames};
+use super::arch::{Arch, ArchNames};
+use super::backbone::Backbone;
+use super::checkpoint::{LLADA_NAMES, NameTable};
+use super::family::Family;
 use crate::denoiser::{Denoiser, SpecialTokens, StepContext};
 use crate::error::{Error, Result};
 
@@ -345,7 +346,24 @@ impl LladaConfig {
         self.d_model / self.n_heads.max(1)
     }
 
-    pub(crate) fn arch(&self) -> Arch {
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.arch().num_params()
+    }
+}
+
+impl Family for LladaConfig {
+    const NAMES: NameTable = LLADA_NAMES;
+
+    fn from_file(path: &Path) -> Result<Self> {
+        LladaConfig::from_file(path)
+    }
+
+    fn validate(&self) -> Result<()> {
+        LladaConfig::validate(self)
+    }
+
+    fn arch(&self) -> Arch {
         Arch {
             d_model: self.d_model,
             n_heads: self.n_heads,
@@ -370,9 +388,8 @@ impl LladaConfig {
         }
     }
 
-    /// Number of parameters.
-    pub fn num_params(&self) -> usize {
-        self.arch().num_params()
+    fn to_hf_json(&self) -> serde_json::Value {
+        LladaConfig::to_hf_json(self)
     }
 }
 
@@ -386,104 +403,9 @@ pub struct Llada {
     config: LladaConfig,
 }
 
+super::family::family_api!(Llada, LladaConfig, "LLaDA");
+
 impl Llada {
-    /// Loads a Hugging Face LLaDA folder: `config.json` plus `model.safetensors` or a sharded
-    /// `model.safetensors.index.json`. Weights stored as f32, bf16 or f16 are converted to the
-    /// device's float type.
-    ///
-    /// # Errors
-    /// Config errors as [`LladaConfig::from_file`]; checkpoint errors: [`Error::Checkpoint`],
-    /// [`Error::MissingTensor`], [`Error::UnusedTensors`], [`Error::ShapeMismatch`],
-    /// [`Error::UnsupportedDtype`], [`Error::Io`].
-    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = LladaConfig::from_file(dir.join("config.json"))?;
-        let ckpt = Checkpoint::open_dir(dir, LLADA_NAMES, device)?;
-        Self::from_checkpoint(config, ckpt)
-    }
-
-    /// Loads weights from explicit safetensors files (for example `model.bf16.safetensors`).
-    ///
-    /// # Errors
-    /// As [`from_dir`](Self::from_dir).
-    pub fn from_safetensors(
-        config: LladaConfig,
-        files: &[std::path::PathBuf],
-        device: &Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let ckpt = Checkpoint::open_files(files, LLADA_NAMES, device)?;
-        Self::from_checkpoint(config, ckpt)
-    }
-
-    fn from_checkpoint(config: LladaConfig, ckpt: Checkpoint) -> Result<Self> {
-        let backbone = super::load_backbone(ckpt, &config.arch())?;
-        Ok(Self { backbone, config })
-    }
-
-    /// A model with random weights (seeded), for tests and benchmarks.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if the config is invalid.
-    pub fn random(config: LladaConfig, seed: u64, device: &Device) -> Result<Self> {
-        config.validate()?;
-        let backbone = super::random_backbone(&config.arch(), seed, device);
-        Ok(Self { backbone, config })
-    }
-
-    /// A model with random weights drawn on the device by burn's own generator: seconds
-    /// instead of minutes for 8B shapes, but not reproducible across backends or runs. For
-    /// throughput benchmarks only; use [`random`](Self::random) for anything that compares
-    /// outputs.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if the config is invalid.
-    pub fn random_unseeded(config: LladaConfig, device: &Device) -> Result<Self> {
-        config.validate()?;
-        let backbone = super::random_backbone_on_device(&config.arch(), device);
-        Ok(Self { backbone, config })
-    }
-
-    /// The config.
-    pub fn config(&self) -> &LladaConfig {
-        &self.config
-    }
-
-    /// Writes the model as a Hugging Face LLaDA folder that [`from_dir`](Self::from_dir)
-    /// reads back: `config.json` and `model.safetensors` (official tensor names, PyTorch
-    /// layout) in `dtype`.
-    ///
-    /// # Errors
-    /// [`Error::Io`] or [`Error::Checkpoint`] if writing fails.
-    pub fn save_dir(&self, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let config = serde_json::to_string_pretty(&self.config.to_hf_json())
-            .map_err(|e| Error::Backend(e.to_string()))?;
-        let path = dir.join("config.json");
-        std::fs::write(&path, config + "\n").map_err(|e| Error::io(&path, e))?;
-        let tensors = super::backbone_tensors(&self.backbone, LLADA_NAMES)?;
-        super::loader::write_safetensors(&dir.join("model.safetensors"), tensors, dtype)
-    }
-
-    /// Plain forward pass (no cache) returning the logits of every position and the hidden
-    /// states: the input of every block followed by the final normed state (`n_layers + 1`
-    /// entries), as Hugging Face's `output_hidden_states=True` reports them.
-    ///
-    /// # Shapes
-    /// - `tokens`: `[batch, seq]`; logits `[batch, seq, embedding_size]`; each hidden state
-    ///   `[batch, seq, d_model]`.
-    ///
-    /// # Errors
-    /// As [`Denoiser::forward`].
-    pub fn forward_with_hidden_states(
-        &self,
-        tokens: Tensor<2, Int>,
-    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
-        self.backbone
-            .forward_with_hidden(&self.config.arch(), tokens)
-    }
-
     fn run(
         &self,
         tokens: Tensor<2, Int>,

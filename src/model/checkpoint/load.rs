@@ -5,10 +5,9 @@
 //! the device's float type on the way. No shard is ever held in memory as a whole, so peak
 //! memory is the model plus one tensor.
 //!
-//! The mapping from checkpoint names to module fields lives in one table per architecture
-//! ([`LLADA_NAMES`], [`DREAM_NAMES`]); the model constructors ask the loader for tensors by
-//! their role, and the loader is strict: a missing tensor, a tensor of the wrong shape or dtype,
-//! and any tensor left unused at the end are errors that name the tensor.
+//! The model constructors ask the loader for tensors by their role ([`super::names`]), and the
+//! loader is strict: a missing tensor, a tensor of the wrong shape or dtype, and any tensor left
+//! unused at the end are errors that name the tensor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -20,85 +19,13 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata};
 
+use super::names::{NameTable, Role, name_of};
+use super::transpose;
 use crate::error::{Error, Result};
-use crate::model::RmsNorm;
+use crate::model::norm::RmsNorm;
 
 /// Largest header we accept (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
-
-/// The role a checkpoint tensor plays in a transformer of this crate. Both architectures share
-/// the block layout; the tables below give each role's checkpoint name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    Embedding,
-    FinalNorm,
-    LmHead,
-    AttnNorm,
-    Q,
-    K,
-    V,
-    QBias,
-    KBias,
-    VBias,
-    O,
-    FfnNorm,
-    Gate,
-    Up,
-    Down,
-}
-
-/// Checkpoint name table: `(role, name)`; `{i}` stands for the layer index.
-pub(crate) type NameTable = &'static [(Role, &'static str)];
-
-/// LLaDA (`LLaDAModelLM`, OLMo-style names). The gate of the SwiGLU is `ff_proj` (it goes through
-/// SiLU); `ff_out` inside a block is the down projection, `transformer.ff_out` the LM head.
-pub(crate) const LLADA_NAMES: NameTable = &[
-    (Role::Embedding, "model.transformer.wte.weight"),
-    (Role::FinalNorm, "model.transformer.ln_f.weight"),
-    (Role::LmHead, "model.transformer.ff_out.weight"),
-    (
-        Role::AttnNorm,
-        "model.transformer.blocks.{i}.attn_norm.weight",
-    ),
-    (Role::Q, "model.transformer.blocks.{i}.q_proj.weight"),
-    (Role::K, "model.transformer.blocks.{i}.k_proj.weight"),
-    (Role::V, "model.transformer.blocks.{i}.v_proj.weight"),
-    (Role::O, "model.transformer.blocks.{i}.attn_out.weight"),
-    (Role::FfnNorm, "model.transformer.blocks.{i}.ff_norm.weight"),
-    (Role::Gate, "model.transformer.blocks.{i}.ff_proj.weight"),
-    (Role::Up, "model.transformer.blocks.{i}.up_proj.weight"),
-    (Role::Down, "model.transformer.blocks.{i}.ff_out.weight"),
-];
-
-/// Dream (Qwen2 layout). q/k/v carry biases, o_proj does not.
-pub(crate) const DREAM_NAMES: NameTable = &[
-    (Role::Embedding, "model.embed_tokens.weight"),
-    (Role::FinalNorm, "model.norm.weight"),
-    (Role::LmHead, "lm_head.weight"),
-    (Role::AttnNorm, "model.layers.{i}.input_layernorm.weight"),
-    (Role::Q, "model.layers.{i}.self_attn.q_proj.weight"),
-    (Role::K, "model.layers.{i}.self_attn.k_proj.weight"),
-    (Role::V, "model.layers.{i}.self_attn.v_proj.weight"),
-    (Role::QBias, "model.layers.{i}.self_attn.q_proj.bias"),
-    (Role::KBias, "model.layers.{i}.self_attn.k_proj.bias"),
-    (Role::VBias, "model.layers.{i}.self_attn.v_proj.bias"),
-    (Role::O, "model.layers.{i}.self_attn.o_proj.weight"),
-    (
-        Role::FfnNorm,
-        "model.layers.{i}.post_attention_layernorm.weight",
-    ),
-    (Role::Gate, "model.layers.{i}.mlp.gate_proj.weight"),
-    (Role::Up, "model.layers.{i}.mlp.up_proj.weight"),
-    (Role::Down, "model.layers.{i}.mlp.down_proj.weight"),
-];
-
-/// Checkpoint name of `role` in layer `layer` (ignored for model-level roles).
-pub(crate) fn name_of(table: NameTable, role: Role, layer: usize) -> Option<String> {
-    table
-        .iter()
-        .find(|(r, _)| *r == role)
-        .map(|(_, n)| n.replace("{i}", &layer.to_string()))
-}
 
 struct Shard {
     path: PathBuf,
@@ -474,119 +401,4 @@ pub fn inspect_safetensors(bytes: &[u8]) -> Result<Vec<TensorHeader>> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Row-major `[rows, cols]` to `[cols, rows]`, blocked for cache locality.
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 32;
-    let mut dst = vec![0f32; src.len()];
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
-    dst
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_small() {
-        let src: Vec<f32> = (0..6).map(|v| v as f32).collect(); // [[0,1,2],[3,4,5]]
-        assert_eq!(transpose(&src, 2, 3), vec![0., 3., 1., 4., 2., 5.]);
-    }
-
-    #[test]
-    fn name_table_lookup() {
-        assert_eq!(
-            name_of(LLADA_NAMES, Role::Gate, 7).as_deref(),
-            Some("model.transformer.blocks.7.ff_proj.weight")
-        );
-        assert_eq!(
-            name_of(DREAM_NAMES, Role::KBias, 2).as_deref(),
-            Some("model.layers.2.self_attn.k_proj.bias")
-        );
-        assert_eq!(name_of(LLADA_NAMES, Role::QBias, 0), None);
-    }
-}
-
-/// Float type of a written checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveDtype {
-    /// 4 bytes per parameter.
-    F32,
-    /// 2 bytes per parameter, rounded to nearest even.
-    Bf16,
-}
-
-/// A named host tensor: checkpoint name, PyTorch-layout shape, f32 values.
-pub(crate) type NamedTensor = (String, Vec<usize>, Vec<f32>);
-
-/// Writes `tensors` as one safetensors file.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: Vec<NamedTensor>,
-    dtype: SaveDtype,
-) -> Result<()> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, shape, values)| {
-            let bytes = match dtype {
-                SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                SaveDtype::Bf16 => values
-                    .iter()
-                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                    .collect(),
-            };
-            (name, shape, bytes)
-        })
-        .collect();
-    let st_dtype = match dtype {
-        SaveDtype::F32 => Dtype::F32,
-        SaveDtype::Bf16 => Dtype::BF16,
-    };
-    let views = encoded
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    reason: format!("tensor `{name}`: {e}"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// Host values of a weight in PyTorch layout: linear weights transposed back to `[out, in]`.
-pub(crate) fn linear_values(lin: &Linear) -> Result<(Vec<usize>, Vec<f32>)> {
-    let [d_in, d_out] = lin.weight.dims();
-    let values = lin
-        .weight
-        .val()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Backend(format!("{e:?}")))?;
-    Ok((vec![d_out, d_in], transpose(&values, d_in, d_out)))
-}
-
-pub(crate) fn tensor_values<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<f32>)> {
-    let shape = t.dims().to_vec();
-    let values = t
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Backend(format!("{e:?}")))?;
-    Ok((shape, values))
 }
