@@ -72,11 +72,7 @@ fn step(
     index: usize,
 ) -> FlopCounter {
     let mut flops = FlopCounter::new();
-    let info = StepInfo {
-        index,
-        prompt_len: p,
-        response_len: GEN,
-    };
+    let info = StepInfo::new(index, p, GEN);
     let mut ctx = StepContext::new(info, policy, cache, &mut flops).with_logit_rows(p..p + GEN);
     model.forward(tokens.clone(), &mut ctx).expect("forward");
     flops

@@ -12,7 +12,7 @@
 //! what this crate executes (the LM head only on the rows a step can commit).
 
 use clap::{Parser, ValueEnum};
-use dllm_cache::flops::{HeadRows, ModelShape, Sampling, estimate};
+use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
 use dllm_cache::{DllmCacheConfig, DreamAlg, DreamSamplerConfig, LladaSamplerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_refresh_first_layer(!a.no_refresh_first_layer);
     let forced = policy.clone().with_refresh_first_layer(true);
     let run = |p: Option<&DllmCacheConfig>, head| {
-        estimate(&shape, &sampling, p, a.prompt_len, a.batch, head)
+        estimate::flops(&shape, &sampling, p, a.prompt_len, a.batch, head)
     };
     let per_token = |flops: u64| flops as f64 / (a.gen_len * a.batch) as f64 / 1e12;
     let base = run(None, HeadRows::All)?;

@@ -150,11 +150,7 @@ fn loss(model: &Llada, b: &Batch) -> dllm_cache::Result<Tensor<1>> {
     let mut policy = NoCache;
     let mut cache = FeatureCache::new();
     let mut flops = FlopCounter::new();
-    let info = StepInfo {
-        index: 0,
-        prompt_len: b.prompt_len,
-        response_len: GEN_LENGTH,
-    };
+    let info = StepInfo::new(0, b.prompt_len, GEN_LENGTH);
     let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops)
         .with_logit_rows(b.prompt_len..b.prompt_len + GEN_LENGTH)
         .with_left_padding(&b.pads);

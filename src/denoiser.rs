@@ -3,21 +3,9 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::cache::{CachePolicy, FeatureCache};
+use crate::cache::{CachePolicy, FeatureCache, StepInfo};
 use crate::error::Result;
 use crate::flops::FlopCounter;
-
-/// Where a forward pass stands in its generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepInfo {
-    /// 0-based index of this forward among the forwards that share one [`FeatureCache`] since
-    /// it was created or cleared.
-    pub index: usize,
-    /// Rows `0..prompt_len` are the prompt.
-    pub prompt_len: usize,
-    /// Rows `prompt_len..prompt_len + response_len` are the response.
-    pub response_len: usize,
-}
 
 /// What one layer did with each segment, as recorded by a traced forward
 /// ([`StepContext::with_trace`]).

@@ -14,7 +14,7 @@
 //! | what a sampler needs from a model | [`Denoiser`], [`StepContext`], [`StepInfo`] |
 //! | samplers | [`LladaSamplerConfig`] -> [`LladaSampler`], [`DreamSamplerConfig`] -> [`DreamSampler`], [`GenerationOutput`], [`StepEvent`] |
 //! | cache policies | [`CachePolicy`], [`NoCache`], [`DllmCacheConfig`] -> [`DllmCache`], [`FeatureCache`] |
-//! | accounting | [`FlopCounter`], [`GenerationStats`], [`flops::estimate`] |
+//! | accounting | [`FlopCounter`], [`GenerationStats`], [`estimate::flops`] |
 //! | errors | [`Error`], [`Result`] |
 //!
 //! Library code names no burn backend: pass a [`Device`](burn::tensor::Device) (cargo
@@ -52,6 +52,7 @@ mod backend;
 pub mod cache;
 mod denoiser;
 mod error;
+pub mod estimate;
 pub mod flops;
 mod kernels;
 pub mod model;
@@ -61,8 +62,8 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use backend::{available_devices, device_from_name};
-pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache};
-pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext, StepInfo};
+pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache, StepInfo};
+pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext};
 pub use error::{Error, Result};
 pub use flops::FlopCounter;
 pub use model::dream::{Dream, DreamConfig};

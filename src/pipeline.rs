@@ -23,7 +23,8 @@ use burn::tensor::Device;
 use crate::cache::{CachePolicy, DllmCacheConfig, NoCache};
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
-use crate::flops::{self, FlopCounter, HeadRows, ModelShape, Sampling};
+use crate::estimate::{self, HeadRows, ModelShape, Sampling};
+use crate::flops::FlopCounter;
 use crate::model::dream::Dream;
 use crate::model::llada::Llada;
 use crate::sampler::{DreamAlg, DreamSamplerConfig, GenerationOutput, LladaSamplerConfig};
@@ -405,7 +406,7 @@ impl Pipeline {
         let tokens = response[..keep].to_vec();
         let text = self.tokenizer.decode(&tokens, true)?;
         let s = &out.stats;
-        let uncached = flops::estimate(
+        let uncached = estimate::flops(
             &self.model.shape(),
             &sampling,
             None,

@@ -3,7 +3,7 @@
 //! it reproduces the paper's figures.
 
 use dllm_cache::burn::tensor::Device;
-use dllm_cache::flops::{HeadRows, ModelShape, Sampling, estimate};
+use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
 use dllm_cache::{
     CachePolicy, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, Llada, LladaSamplerConfig,
     NoCache,
@@ -91,7 +91,7 @@ fn estimate_equals_counted_for_llada() {
                     .unwrap()
                     .generate(&model, &prompts(batch, len), make(&policy).as_mut())
                     .unwrap();
-                let est = estimate(
+                let est = estimate::flops(
                     &shape,
                     &Sampling::Llada(sampler.clone()),
                     policy.as_ref(),
@@ -124,7 +124,7 @@ fn estimate_equals_counted_for_dream() {
                     .unwrap()
                     .generate(&model, &prompts(2, 10), make(&policy).as_mut())
                     .unwrap();
-                let est = estimate(
+                let est = estimate::flops(
                     &shape,
                     &Sampling::Dream(sampler.clone()),
                     policy.as_ref(),
@@ -152,7 +152,7 @@ fn paper_tflops(
         .with_steps(steps)
         .with_gen_length(gen_len)
         .with_block_length(block);
-    let f = estimate(
+    let f = estimate::flops(
         &ModelShape::llada_8b(),
         &Sampling::Llada(sampler),
         policy,

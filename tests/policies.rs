@@ -145,11 +145,7 @@ fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -
             }
         }));
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(row, [1, 32]), &device);
-        let info = StepInfo {
-            index,
-            prompt_len: 12,
-            response_len: 20,
-        };
+        let info = StepInfo::new(index, 12, 20);
         let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops);
         let logits = model.forward(tokens, &mut ctx).expect("forward");
         out.push(logits.try_into_vec_as::<f32>().unwrap());

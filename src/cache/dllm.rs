@@ -19,8 +19,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use super::{CachePolicy, Probe, Refresh, Segment};
-use crate::denoiser::StepInfo;
+use super::{CachePolicy, Probe, Refresh, Segment, StepInfo};
 use crate::error::{Error, Result};
 
 /// Settings of [`DllmCache`]. `DllmCacheConfig::new()` gives the paper's defaults
@@ -73,6 +72,14 @@ impl DllmCacheConfig {
             step: 0,
         })
     }
+}
+
+/// Whether dLLM-Cache's way of guidance recomputes the unconditional pass at sampler step
+/// `step` (0-based): on the first five steps and every `interval`-th (the official
+/// `refresh_cfg`). The rule belongs to the policy's settings; the samplers and the FLOPs
+/// estimator ask it here.
+pub(crate) fn unconditional_due(step: usize, interval: usize) -> bool {
+    step.is_multiple_of(interval) || step < 5
 }
 
 /// The dLLM-Cache policy. Build it with [`DllmCacheConfig::init`].

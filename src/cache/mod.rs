@@ -25,8 +25,8 @@
 //! # Writing a policy
 //!
 //! ```
-//! use dllm_cache::cache::{CachePolicy, Probe, Refresh, Segment};
-//! use dllm_cache::{Result, StepInfo};
+//! use dllm_cache::cache::{CachePolicy, Probe, Refresh, Segment, StepInfo};
+//! use dllm_cache::Result;
 //!
 //! /// Recomputes everything every `n`-th step and reuses everything in between.
 //! #[derive(Debug, Clone)]
@@ -56,14 +56,39 @@ mod dllm;
 mod none;
 pub(crate) mod store;
 
+pub(crate) use dllm::unconditional_due;
 pub use dllm::{DllmCache, DllmCacheConfig};
 pub use none::NoCache;
 pub use store::FeatureCache;
 
 use burn::tensor::{Int, Tensor};
 
-use crate::denoiser::StepInfo;
 use crate::error::Result;
+
+/// Where a forward pass stands in its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StepInfo {
+    /// 0-based index of this forward among the forwards that share one [`FeatureCache`] since
+    /// it was created or cleared.
+    pub index: usize,
+    /// Rows `0..prompt_len` are the prompt.
+    pub prompt_len: usize,
+    /// Rows `prompt_len..prompt_len + response_len` are the response.
+    pub response_len: usize,
+}
+
+impl StepInfo {
+    /// The step information of forward `index` over `prompt_len` prompt rows followed by
+    /// `response_len` response rows.
+    pub fn new(index: usize, prompt_len: usize, response_len: usize) -> Self {
+        Self {
+            index,
+            prompt_len,
+            response_len,
+        }
+    }
+}
 
 /// The two row ranges of a sequence that a policy plans separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,7 +1,6 @@
 //! The policy that caches nothing.
 
-use super::{CachePolicy, Probe, Refresh, Segment};
-use crate::denoiser::StepInfo;
+use super::{CachePolicy, Probe, Refresh, Segment, StepInfo};
 use crate::error::Result;
 
 /// Recomputes every feature of every layer at every step, and stores nothing: the plain

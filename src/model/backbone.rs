@@ -80,11 +80,7 @@ impl Backbone {
         let mut policy = crate::cache::NoCache;
         let mut cache = crate::cache::FeatureCache::new();
         let mut flops = crate::flops::FlopCounter::new();
-        let info = crate::denoiser::StepInfo {
-            index: 0,
-            prompt_len: seq,
-            response_len: 0,
-        };
+        let info = crate::cache::StepInfo::new(0, seq, 0);
         let mut ctx = StepContext::new(info, &mut policy, &mut cache, &mut flops);
         let mut hidden = Vec::with_capacity(arch.n_layers + 1);
         let logits = self.forward(arch, tokens, &mut ctx, 0..seq, Some(&mut hidden))?;

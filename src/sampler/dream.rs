@@ -36,8 +36,8 @@ use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
     row_finished, tokens_tensor,
 };
-use crate::cache::{CachePolicy, FeatureCache};
-use crate::denoiser::{Denoiser, StepContext, StepInfo};
+use crate::cache::{CachePolicy, FeatureCache, StepInfo};
+use crate::denoiser::{Denoiser, StepContext};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 use crate::rng::SplitMix64;
@@ -268,11 +268,7 @@ impl DreamSampler {
             let mut committed = vec![Vec::new(); b];
             // A step without masks changes nothing; skip its forward.
             if total_masks > 0 {
-                let info = StepInfo {
-                    index: forwards_done,
-                    prompt_len: p,
-                    response_len: g,
-                };
+                let info = StepInfo::new(forwards_done, p, g);
                 let mut layers = Vec::new();
                 let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops)
                     .with_logit_rows(p..p + g)

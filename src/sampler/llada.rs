@@ -30,8 +30,8 @@ use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
     row_finished, tokens_tensor, transfer_schedule,
 };
-use crate::cache::{CachePolicy, FeatureCache};
-use crate::denoiser::{Denoiser, StepContext, StepInfo};
+use crate::cache::{CachePolicy, FeatureCache, StepInfo, unconditional_due};
+use crate::denoiser::{Denoiser, StepContext};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 use crate::rng::SplitMix64;
@@ -147,12 +147,6 @@ impl LladaSamplerConfig {
 pub struct LladaSampler {
     config: LladaSamplerConfig,
     trace_layers: bool,
-}
-
-/// Whether dLLM-Cache recomputes the unconditional pass at sampler step `step` (0-based):
-/// on the first five steps and every `interval`-th (the official `refresh_cfg`).
-pub(crate) fn guidance_refresh(step: usize, interval: usize) -> bool {
-    step.is_multiple_of(interval) || step < 5
 }
 
 /// Per-generation state of classifier-free guidance.
@@ -373,11 +367,7 @@ impl LladaSampler {
                        pass: Pass,
                        logit_rows: std::ops::Range<usize>|
          -> Result<Tensor<3>> {
-            let info = StepInfo {
-                index,
-                prompt_len: p,
-                response_len: rows[0].len() - p,
-            };
+            let info = StepInfo::new(index, p, rows[0].len() - p);
             let mut layers = Vec::new();
             // Batched guidance runs the unconditional copies of the rows after the rows.
             let row_pads: Vec<usize> = pads.iter().cycle().take(rows.len()).copied().collect();
@@ -416,7 +406,7 @@ impl LladaSampler {
             } => {
                 // The residual is reused across blocks, so it covers the whole response.
                 let seq = seqs[0].len();
-                let refresh = guidance_refresh(step, *interval) || residual.is_none();
+                let refresh = unconditional_due(step, *interval) || residual.is_none();
                 let cond = run(seqs, policy, cache, step, Pass::Conditional, p..seq)?;
                 if refresh {
                     let un = run(
