@@ -14,6 +14,7 @@ use super::simd::{exp, vectorised};
 
 /// `silu(gate) * up`, or both operands back when they are not flex float32 tensors of one
 /// shape whose gate buffer this call can own.
+#[allow(clippy::result_large_err)] // once per FFN; the operands go back by value
 pub(super) fn silu_mul(
     gate: Tensor<3>,
     up: Tensor<3>,
