@@ -110,7 +110,18 @@ fn parse_random(spec: &str) -> Result<LladaConfig, String> {
     ))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Prints an error as one line and exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let mut device = dllm_cache::device_from_name(&a.device)?;
     // The float type must be configured before the first tensor is created on the device.

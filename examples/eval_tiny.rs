@@ -87,7 +87,18 @@ struct Outcome {
     seconds: f64,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Prints an error as one line and exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let dir = a
         .model

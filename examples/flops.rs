@@ -52,7 +52,18 @@ struct Args {
     batch: usize,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Prints an error as one line and exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let (shape, sampling) = match a.preset {
         Preset::Llada8b => (

@@ -92,8 +92,17 @@ struct Args {
     stream: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let a = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> Result<(), dllm_cache::Error> {
     let default_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada");
     let dir = a.model.clone().unwrap_or(default_model);
     let device = Device::flex();
@@ -110,28 +119,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_prompt_interval(a.kp)
         .with_response_interval(a.kr)
         .with_refresh_ratio(a.rho);
-    let base = GenerateOptions {
-        max_new_tokens: a
-            .gen_len
-            .unwrap_or(pipeline.default_options().max_new_tokens),
-        steps: a.steps.or(pipeline.default_options().steps),
-        block_length: a.block_len,
-        temperature: a.temperature,
-        alg: match a.alg {
+    let defaults = pipeline.default_options();
+    let base: GenerateOptions = defaults
+        .clone()
+        .with_max_new_tokens(a.gen_len.unwrap_or(defaults.max_new_tokens))
+        .with_steps(a.steps.or(defaults.steps))
+        .with_block_length(a.block_len)
+        .with_temperature(a.temperature)
+        .with_alg(match a.alg {
             Alg::Origin => DreamAlg::Origin,
             Alg::MaskgitPlus => DreamAlg::MaskgitPlus,
             Alg::TopkMargin => DreamAlg::TopkMargin,
             Alg::Entropy => DreamAlg::Entropy,
-        },
-        cfg_scale: a.cfg_scale,
-        seed: a.seed,
-        ..pipeline.default_options().clone()
-    };
+        })
+        .with_cfg_scale(a.cfg_scale)
+        .with_seed(a.seed);
     let run = |cache: CacheChoice, label: &str| -> Result<Completion, dllm_cache::Error> {
-        let options = GenerateOptions {
-            cache,
-            ..base.clone()
-        };
+        let options = base.clone().with_cache(cache);
         let bar = ProgressBar::new(options.steps.unwrap_or(options.max_new_tokens) as u64);
         bar.set_style(
             ProgressStyle::with_template("  {prefix} [{bar:30}] step {pos}/{len} {elapsed}")
@@ -173,13 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if a.compare {
         // An untimed warm-up so that neither timed run pays first-call costs.
-        pipeline.complete(
-            &prompt,
-            &GenerateOptions {
-                cache: CacheChoice::None,
-                ..base.clone()
-            },
-        )?;
+        pipeline.complete(&prompt, &base.clone().with_cache(CacheChoice::None))?;
         let plain = run(CacheChoice::None, "no cache")?;
         let cached = run(CacheChoice::Dllm(dllm.clone()), "dLLM-Cache")?;
         let agree = plain

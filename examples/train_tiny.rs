@@ -178,7 +178,18 @@ fn accuracy(model: &Llada, n: usize) -> dllm_cache::Result<f64> {
     Ok(correct as f64 / n as f64)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Prints an error as one line and exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let device = device(a.cuda).autodiff();
     let (config, mut model) = match &a.init {

@@ -10,6 +10,7 @@ use crate::flops::FlopCounter;
 /// What one layer did with each segment, as recorded by a traced forward
 /// ([`StepContext::with_trace`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LayerTrace {
     /// Layer index.
     pub layer: usize,
@@ -21,6 +22,7 @@ pub struct LayerTrace {
 
 /// How a layer treated one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RowsTrace {
     /// Every row recomputed.
     All,
@@ -107,6 +109,7 @@ impl<'a> StepContext<'a> {
 
 /// Special token ids of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SpecialTokens {
     /// The `[MASK]` token the response starts as.
     pub mask: u32,
@@ -116,6 +119,19 @@ pub struct SpecialTokens {
     pub pad: u32,
     /// Beginning of sequence, if the model has one.
     pub bos: Option<u32>,
+}
+
+impl SpecialTokens {
+    /// Special ids: the mask token, end of sequence, padding and an optional beginning of
+    /// sequence.
+    pub fn new(mask: u32, eos: u32, pad: u32, bos: Option<u32>) -> Self {
+        Self {
+            mask,
+            eos,
+            pad,
+            bos,
+        }
+    }
 }
 
 /// A bidirectional transformer that scores every position of a partly masked sequence.

@@ -12,6 +12,7 @@ use crate::sampler::{DreamSamplerConfig, LladaSamplerConfig};
 
 /// The sizes that determine a forward pass's FLOPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModelShape {
     /// Hidden width.
     pub d_model: usize,
@@ -28,6 +29,25 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
+    /// A shape from its sizes.
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        n_layers: usize,
+        d_ff: usize,
+        vocab: usize,
+    ) -> Self {
+        Self {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            n_layers,
+            d_ff,
+            vocab,
+        }
+    }
+
     /// LLaDA-8B (REFERENCE.md section 5.1).
     pub fn llada_8b() -> Self {
         (&LladaConfig::llada_8b()).into()
@@ -99,6 +119,7 @@ impl From<&DreamConfig> for ModelShape {
 
 /// The sampler whose forwards are estimated.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Sampling {
     /// LLaDA's sampler.
     Llada(LladaSamplerConfig),

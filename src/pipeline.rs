@@ -32,6 +32,7 @@ use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// A loaded model of either family.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Model {
     /// LLaDA.
     Llada(Llada),
@@ -86,6 +87,7 @@ impl Model {
 
 /// Which cache policy a generation runs under.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum CacheChoice {
     /// No caching.
     None,
@@ -96,6 +98,7 @@ pub enum CacheChoice {
 /// Settings of one generation. `Default` gives 128 tokens in 128 greedy steps under
 /// dLLM-Cache with the paper's defaults.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Response length in tokens (the response is trimmed at the first EOS or end-of-turn).
     pub max_new_tokens: usize,
@@ -140,8 +143,77 @@ impl Default for GenerateOptions {
     }
 }
 
+impl GenerateOptions {
+    /// Sets `max_new_tokens`: response length in tokens.
+    pub fn with_max_new_tokens(mut self, max_new_tokens: usize) -> Self {
+        self.max_new_tokens = max_new_tokens;
+        self
+    }
+
+    /// Sets `steps`: denoising steps; `None` means one per token.
+    pub fn with_steps(mut self, steps: Option<usize>) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// Sets `block_length`: lLaDA block length.
+    pub fn with_block_length(mut self, block_length: Option<usize>) -> Self {
+        self.block_length = block_length;
+        self
+    }
+
+    /// Sets `temperature`: sampling temperature; 0 is greedy.
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.temperature = temperature;
+        self
+    }
+
+    /// Sets `top_p`: dream: nucleus filtering.
+    pub fn with_top_p(mut self, top_p: Option<f64>) -> Self {
+        self.top_p = top_p;
+        self
+    }
+
+    /// Sets `top_k`: dream: top-k filtering.
+    pub fn with_top_k(mut self, top_k: Option<usize>) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// Sets `alg`: dream: position selection rule.
+    pub fn with_alg(mut self, alg: DreamAlg) -> Self {
+        self.alg = alg;
+        self
+    }
+
+    /// Sets `cfg_scale`: lLaDA: classifier-free guidance scale.
+    pub fn with_cfg_scale(mut self, cfg_scale: f64) -> Self {
+        self.cfg_scale = cfg_scale;
+        self
+    }
+
+    /// Sets `cache`: the cache policy.
+    pub fn with_cache(mut self, cache: CacheChoice) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Sets `seed`: seed for every random draw.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets `stop_at_eos`: stop at EOS / end-of-turn.
+    pub fn with_stop_at_eos(mut self, stop_at_eos: bool) -> Self {
+        self.stop_at_eos = stop_at_eos;
+        self
+    }
+}
+
 /// What a generation cost.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CompletionStats {
     /// Prompt tokens.
     pub prompt_tokens: usize,
@@ -167,6 +239,7 @@ pub struct CompletionStats {
 
 /// A generated response.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Completion {
     /// The text, cut before the first EOS / end-of-turn.
     pub text: String,
@@ -178,6 +251,7 @@ pub struct Completion {
 
 /// Given to a streaming callback after every denoising step.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct StreamEvent<'a> {
     /// Text that became final at this step (often empty: a diffusion step may commit tokens
     /// after the first still-masked position).

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ChatMessage {
     /// `"system"`, `"user"` or `"assistant"`.
     pub role: String,
@@ -53,6 +54,7 @@ impl ChatMessage {
 
 /// Special token ids a tokenizer folder defines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TokenizerSpecials {
     /// Beginning of text (`bos_token`).
     pub bos: Option<u32>,

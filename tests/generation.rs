@@ -133,13 +133,11 @@ fn streaming_reports_every_commit_and_can_stop() {
             ControlFlow::Continue(())
         })
         .unwrap();
-    assert_eq!(
-        out,
-        dllm_cache::GenerationOutput {
-            stats: out.stats.clone(),
-            ..full.clone()
-        }
-    );
+    assert_eq!(out, {
+        let mut expected = full.clone();
+        expected.stats = out.stats.clone();
+        expected
+    });
     let streamed: Vec<u32> = seen
         .into_iter()
         .map(|t| t.expect("every position committed"))

@@ -7,7 +7,7 @@ mod tiny_task;
 use std::path::Path;
 
 use dllm_cache::burn::tensor::Device;
-use dllm_cache::pipeline::{CacheChoice, GenerateOptions, Pipeline};
+use dllm_cache::pipeline::{CacheChoice, Pipeline};
 use dllm_cache::{DllmCacheConfig, SplitMix64};
 
 #[test]
@@ -21,10 +21,7 @@ fn shipped_model_answers_held_out_problems() {
         .map(|_| tiny_task::next_problem(&mut rng, true))
         .collect();
     for cache in [CacheChoice::None, CacheChoice::Dllm(DllmCacheConfig::new())] {
-        let options = GenerateOptions {
-            cache: cache.clone(),
-            ..defaults.clone()
-        };
+        let options = defaults.clone().with_cache(cache.clone());
         let correct = problems
             .iter()
             .filter(|p| pipeline.complete(&p.prompt, &options).unwrap().text == p.answer)

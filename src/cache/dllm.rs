@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 /// Settings of [`DllmCache`]. `DllmCacheConfig::new()` gives the paper's defaults
 /// (K_p = 100, K_r = 7, rho = 0.25) with the official code's layer-0 refresh.
 #[derive(Config, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DllmCacheConfig {
     /// K_p: recompute the prompt features every this many forward passes (>= 1).
     #[config(default = 100)]

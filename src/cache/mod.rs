@@ -114,6 +114,7 @@ impl Segment {
 /// What a layer does with one segment's rows.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // short-lived, one per layer and segment
+#[non_exhaustive]
 pub enum Refresh {
     /// Recompute every row and store its features.
     All,
@@ -127,6 +128,7 @@ pub enum Refresh {
 /// Fresh and cached value projections of every row of a segment, offered to
 /// [`CachePolicy::plan`] when the policy asked for it with [`CachePolicy::wants_probe`].
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Probe<'a> {
     /// `v_proj(attn_norm(x))` of this step, `[batch, rows, kv_dim]`.
     pub fresh_v: &'a Tensor<3>,

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 
 /// Dream hyper-parameters, resolved from a Hugging Face `config.json`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct DreamConfig {
     /// Hidden width.
     pub hidden_size: usize,

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 
 /// LLaDA hyper-parameters, resolved from a Hugging Face `config.json`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LladaConfig {
     /// Hidden width.
     pub d_model: usize,

@@ -74,6 +74,7 @@ impl std::str::FromStr for DreamAlg {
 
 /// Settings of the Dream sampler, named as in `diffusion_generate`.
 #[derive(Config, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DreamSamplerConfig {
     /// Denoising steps.
     #[config(default = 512)]

@@ -47,6 +47,7 @@ pub enum Remasking {
 
 /// Settings of the LLaDA sampler, named as in the reference `generate`.
 #[derive(Config, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LladaSamplerConfig {
     /// Total denoising steps (a multiple of the number of blocks).
     #[config(default = 128)]

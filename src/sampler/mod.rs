@@ -25,6 +25,7 @@ pub use llada::{LladaSampler, LladaSamplerConfig, Remasking};
 
 /// One token committed at one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Commit {
     /// Absolute position in the sequence (prompt included).
     pub position: usize,
@@ -46,6 +47,7 @@ pub enum Pass {
 
 /// What one forward of a step did, layer by layer (recorded when layer tracing is on).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ForwardTrace {
     /// Which pass.
     pub pass: Pass,
@@ -57,6 +59,7 @@ pub struct ForwardTrace {
 
 /// Given to the streaming callback after every step.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct StepEvent<'a> {
     /// 0-based step.
     pub step: usize,
@@ -76,6 +79,7 @@ pub struct StepEvent<'a> {
 
 /// Counters of a finished generation.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct GenerationStats {
     /// Sampler steps taken.
     pub steps: usize,
@@ -100,6 +104,7 @@ impl GenerationStats {
 
 /// The result of a generation.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct GenerationOutput {
     /// Per batch row, prompt followed by the response (the mask token where a position was
     /// never committed, after an early stop).

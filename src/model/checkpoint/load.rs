@@ -372,6 +372,7 @@ pub(crate) fn parse_header(
 
 /// One tensor listed in a safetensors header.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TensorHeader {
     /// Checkpoint name.
     pub name: String,

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 
 /// Float type of a written checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SaveDtype {
     /// 4 bytes per parameter.
     F32,
