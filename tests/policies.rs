@@ -1,6 +1,8 @@
 //! The contract every cache policy must keep, run against every policy and every model
-//! (modelled on the diffusers cache-hook test suite). A new policy joins with one line in
-//! [`policies`].
+//! (modelled on the diffusers cache-hook test suite): always-refresh settings equal no cache,
+//! `reset` isolates generations, concurrent generations equal sequential ones, invalid settings
+//! fail, and rule-breaking plans are errors. A new policy joins with one entry in
+//! [`contracts`]; every test runs for every entry.
 
 use std::sync::Arc;
 
@@ -11,36 +13,98 @@ use dllm_cache::{
     LladaSamplerConfig, NoCache, StepContext, StepInfo,
 };
 
-type Factory = fn() -> Box<dyn CachePolicy>;
+type Policy = Box<dyn CachePolicy>;
 
-/// Every policy under contract, with the settings that exercise all of its branches.
-fn policies() -> Vec<(&'static str, Factory)> {
+/// A policy under contract: settings that exercise all of its branches, settings under which
+/// it must compute exactly what `NoCache` computes, and settings it must reject (with the name
+/// of the offending field).
+struct Contract {
+    name: &'static str,
+    typical: fn() -> Vec<Policy>,
+    always_refresh: fn() -> Policy,
+    invalid: fn() -> Vec<(&'static str, dllm_cache::Result<Policy>)>,
+}
+
+fn boxed<P: CachePolicy + 'static>(p: dllm_cache::Result<P>) -> dllm_cache::Result<Policy> {
+    p.map(|p| Box::new(p) as Policy)
+}
+
+/// Every policy under contract: a new policy joins with one entry here, and every test below
+/// runs for it.
+fn contracts() -> Vec<Contract> {
     vec![
-        ("none", || Box::new(NoCache)),
-        ("dllm-default", || {
-            Box::new(DllmCacheConfig::new().init().unwrap())
-        }),
-        ("dllm-4-2-0.25", || {
-            Box::new(
-                DllmCacheConfig::new()
-                    .with_prompt_interval(4)
-                    .with_response_interval(2)
-                    .init()
-                    .unwrap(),
-            )
-        }),
-        ("dllm-8-3-0.5-no-l0", || {
-            Box::new(
-                DllmCacheConfig::new()
-                    .with_prompt_interval(8)
-                    .with_response_interval(3)
-                    .with_refresh_ratio(0.5)
-                    .with_refresh_first_layer(false)
-                    .init()
-                    .unwrap(),
-            )
-        }),
+        Contract {
+            name: "none",
+            typical: || vec![Box::new(NoCache)],
+            always_refresh: || Box::new(NoCache),
+            invalid: Vec::new,
+        },
+        Contract {
+            name: "dllm",
+            typical: || {
+                let d = DllmCacheConfig::new();
+                [
+                    d.clone(),
+                    d.clone().with_prompt_interval(4).with_response_interval(2),
+                    d.with_prompt_interval(8)
+                        .with_response_interval(3)
+                        .with_refresh_ratio(0.5)
+                        .with_refresh_first_layer(false),
+                ]
+                .iter()
+                .map(|c| boxed(c.init()).unwrap())
+                .collect()
+            },
+            always_refresh: || {
+                let c = DllmCacheConfig::new()
+                    .with_prompt_interval(1)
+                    .with_response_interval(1)
+                    .with_refresh_ratio(0.0);
+                boxed(c.init()).unwrap()
+            },
+            invalid: || {
+                let d = DllmCacheConfig::new();
+                vec![
+                    (
+                        "prompt_interval",
+                        boxed(d.clone().with_prompt_interval(0).init()),
+                    ),
+                    (
+                        "response_interval",
+                        boxed(d.clone().with_response_interval(0).init()),
+                    ),
+                    ("cfg_interval", boxed(d.clone().with_cfg_interval(0).init())),
+                    (
+                        "refresh_ratio",
+                        boxed(d.clone().with_refresh_ratio(-0.1).init()),
+                    ),
+                    (
+                        "refresh_ratio",
+                        boxed(d.clone().with_refresh_ratio(1.5).init()),
+                    ),
+                    (
+                        "refresh_ratio",
+                        boxed(d.with_refresh_ratio(f64::NAN).init()),
+                    ),
+                ]
+            },
+        },
     ]
+}
+
+/// Every typical policy of every contract, named.
+fn all_typical() -> Vec<(String, fn() -> Vec<Policy>, usize)> {
+    contracts()
+        .into_iter()
+        .flat_map(|c| {
+            let n = (c.typical)().len();
+            (0..n).map(move |i| (format!("{}#{i}", c.name), c.typical, i))
+        })
+        .collect()
+}
+
+fn make(typical: fn() -> Vec<Policy>, i: usize) -> Policy {
+    (typical)().swap_remove(i)
 }
 
 /// Runs a model's own sampler: (model, policy, guidance scale, steps = tokens) -> result.
@@ -157,26 +221,24 @@ fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -
 fn always_refresh_equals_no_cache_bit_for_bit() {
     let device = Device::default();
     for subject in models(&device) {
-        let (name, model) = (subject.name, &subject.model);
-        let mut always = DllmCacheConfig::new()
-            .with_prompt_interval(1)
-            .with_response_interval(1)
-            .with_refresh_ratio(0.0)
-            .init()
-            .unwrap();
-        let a = logits_of(model.as_ref(), &mut always, 6);
-        let b = logits_of(model.as_ref(), &mut NoCache, 6);
-        assert_eq!(
-            a, b,
-            "{name}: intervals 1 and ratio 0 must equal NoCache exactly"
-        );
-        // Same for whole generations, with and without guidance.
-        for &cfg in guidance_scales(&subject) {
+        let model = subject.model.as_ref();
+        let b = logits_of(model, &mut NoCache, 6);
+        for contract in contracts() {
+            let name = format!("{}/{}", subject.name, contract.name);
+            let mut always = (contract.always_refresh)();
             assert_eq!(
-                generate(&subject, &mut always, cfg),
-                generate(&subject, &mut NoCache, cfg),
-                "{name} cfg {cfg}"
+                logits_of(model, always.as_mut(), 6),
+                b,
+                "{name}: always-refresh settings must equal NoCache exactly"
             );
+            // Same for whole generations, with and without guidance.
+            for &cfg in guidance_scales(&subject) {
+                assert_eq!(
+                    generate(&subject, always.as_mut(), cfg),
+                    generate(&subject, &mut NoCache, cfg),
+                    "{name} cfg {cfg}"
+                );
+            }
         }
     }
 }
@@ -206,15 +268,15 @@ fn caching_policies_actually_reuse() {
 fn reset_isolates_generations() {
     let device = Device::default();
     for subject in models(&device) {
-        let model_name = subject.name;
-        for (name, make) in policies() {
+        for (name, typical, i) in all_typical() {
             for &cfg in guidance_scales(&subject) {
-                let mut reused = make();
+                let at = format!("{}/{name} cfg {cfg}", subject.name);
+                let mut reused = make(typical, i);
                 let first = generate(&subject, reused.as_mut(), cfg);
                 let second = generate(&subject, reused.as_mut(), cfg);
-                let fresh = generate(&subject, make().as_mut(), cfg);
-                assert_eq!(first, fresh, "{model_name}/{name} cfg {cfg}");
-                assert_eq!(second, fresh, "{model_name}/{name} cfg {cfg}: state leaked");
+                let fresh = generate(&subject, make(typical, i).as_mut(), cfg);
+                assert_eq!(first, fresh, "{at}");
+                assert_eq!(second, fresh, "{at}: state leaked");
             }
         }
     }
@@ -224,17 +286,23 @@ fn reset_isolates_generations() {
 fn concurrent_generations_on_one_model_match_sequential_ones() {
     let device = Device::default();
     for subject in models(&device) {
-        let sequential: Vec<_> = policies()
-            .iter()
-            .map(|(_, make)| generate(&subject, make().as_mut(), 0.0))
-            .collect();
-        let handles: Vec<_> = policies()
+        let sequential: Vec<_> = all_typical()
             .into_iter()
-            .map(|(name, make)| {
+            .map(|(_, typical, i)| generate(&subject, make(typical, i).as_mut(), 0.0))
+            .collect();
+        let handles: Vec<_> = all_typical()
+            .into_iter()
+            .map(|(name, typical, i)| {
                 let (model, run) = (Arc::clone(&subject.model), subject.run);
-                std::thread::spawn(move || (name, run(model.as_ref(), make().as_mut(), 0.0, 16)))
+                std::thread::spawn(move || {
+                    (
+                        name,
+                        run(model.as_ref(), make(typical, i).as_mut(), 0.0, 16),
+                    )
+                })
             })
             .collect();
+        assert_eq!(handles.len(), sequential.len());
         for (handle, want) in handles.into_iter().zip(sequential) {
             let (name, got) = handle.join().expect("thread");
             assert_eq!(
@@ -249,88 +317,146 @@ fn concurrent_generations_on_one_model_match_sequential_ones() {
 
 #[test]
 fn invalid_configs_fail() {
-    let base = DllmCacheConfig::new();
-    let cases = [
-        (base.clone().with_prompt_interval(0), "prompt_interval"),
-        (base.clone().with_response_interval(0), "response_interval"),
-        (base.clone().with_cfg_interval(0), "cfg_interval"),
-        (base.clone().with_refresh_ratio(-0.1), "refresh_ratio"),
-        (base.clone().with_refresh_ratio(1.5), "refresh_ratio"),
-        (base.clone().with_refresh_ratio(f64::NAN), "refresh_ratio"),
-    ];
-    for (config, field) in cases {
-        match config.init() {
-            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, field),
-            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+    for contract in contracts() {
+        for (field, result) in (contract.invalid)() {
+            match result {
+                Err(Error::InvalidArgument { name, .. }) => {
+                    assert_eq!(name, field, "{}", contract.name)
+                }
+                other => panic!(
+                    "{} {field}: expected InvalidArgument, got {:?}",
+                    contract.name,
+                    other.map(|p| p.name())
+                ),
+            }
         }
     }
-    assert!(base.with_refresh_ratio(1.0).init().is_ok());
+    assert!(
+        DllmCacheConfig::new()
+            .with_refresh_ratio(1.0)
+            .init()
+            .is_ok()
+    );
 }
 
-/// A policy that breaks the rules, to check the block reports it instead of panicking.
-#[derive(Clone)]
-struct Rogue(Refresh);
+/// How [`Breaker`] breaks the rules.
+#[derive(Clone, Copy, Debug)]
+enum Breach {
+    /// Reuse at the first forward, before anything was cached.
+    ReuseUncached,
+    /// A row selection of the wrong batch size.
+    WrongBatch,
+    /// More rows than the segment has.
+    TooMany,
+    /// A row index one past the segment.
+    OutOfRange,
+    /// A negative row index.
+    Negative,
+    /// One row twice.
+    Duplicate,
+}
 
-impl CachePolicy for Rogue {
+/// A policy's decisions, except one rule-breaking plan: at the response segment of layer 1,
+/// at forward 0 ([`Breach::ReuseUncached`]) or forward 1 (the rest, when features are cached:
+/// this wrapper always stores them).
+struct Breaker {
+    inner: Policy,
+    breach: Breach,
+    forward: usize,
+}
+
+impl CachePolicy for Breaker {
     fn name(&self) -> String {
-        "rogue".into()
+        format!("breaker({:?}, {})", self.breach, self.inner.name())
     }
-    fn begin_step(&mut self, _: &StepInfo) {}
-    fn plan(&mut self, _: usize, _: Segment, _: Option<Probe<'_>>) -> dllm_cache::Result<Refresh> {
-        Ok(self.0.clone())
+    fn begin_step(&mut self, step: &StepInfo) {
+        self.forward = step.index;
+        self.inner.begin_step(step);
     }
-    fn reset(&mut self) {}
+    fn wants_probe(&self, layer: usize, segment: Segment) -> bool {
+        self.inner.wants_probe(layer, segment)
+    }
+    fn plan(
+        &mut self,
+        layer: usize,
+        segment: Segment,
+        probe: Option<Probe<'_>>,
+    ) -> dllm_cache::Result<Refresh> {
+        let plan = self.inner.plan(layer, segment, probe)?;
+        let due = match self.breach {
+            Breach::ReuseUncached => self.forward == 0,
+            _ => self.forward == 1,
+        };
+        if !(due && layer == 1 && segment == Segment::Response) {
+            return Ok(plan);
+        }
+        let device = Device::default();
+        // The response of the runners below: 2 batch rows of 8 positions.
+        let rows = |v: Vec<i64>, shape: [usize; 2]| {
+            Refresh::Rows(Tensor::<2, Int>::from_data(
+                TensorData::new(v, shape),
+                &device,
+            ))
+        };
+        Ok(match self.breach {
+            Breach::ReuseUncached => Refresh::Reuse,
+            Breach::WrongBatch => rows(vec![0, 1, 2], [3, 1]),
+            Breach::TooMany => rows((0..18).map(|i| i % 8).collect(), [2, 9]),
+            Breach::OutOfRange => rows(vec![0, 8, 1, 2], [2, 2]),
+            Breach::Negative => rows(vec![0, 1, -1, 2], [2, 2]),
+            Breach::Duplicate => rows(vec![3, 3, 1, 2], [2, 2]),
+        })
+    }
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+    fn stores_features(&self) -> bool {
+        true
+    }
     fn fork(&self) -> Box<dyn CachePolicy> {
-        Box::new(self.clone())
+        Box::new(Breaker {
+            inner: self.inner.fork(),
+            breach: self.breach,
+            forward: 0,
+        })
+    }
+    fn guidance_interval(&self) -> Option<usize> {
+        self.inner.guidance_interval()
     }
 }
 
 #[test]
-fn rule_breaking_policies_get_errors_not_panics() {
+fn rule_breaking_plans_are_errors_not_panics() {
     let device = Device::default();
+    let breaches = [
+        (Breach::ReuseUncached, "never cached"),
+        (Breach::WrongBatch, "row selection of shape [3, 1]"),
+        (Breach::TooMany, "row selection of shape [2, 9]"),
+        (Breach::OutOfRange, "holds 8 in batch row 0"),
+        (Breach::Negative, "holds -1 in batch row 1"),
+        (Breach::Duplicate, "holds 3 twice in batch row 0"),
+    ];
     for subject in models(&device) {
-        let name = subject.name;
-        let err = generate_err(&subject, &mut Rogue(Refresh::Reuse));
-        assert!(
-            matches!(err, Error::Policy { layer: 0, ref reason } if reason.contains("never cached")),
-            "{name}: {err}"
-        );
-
-        // Rows out of the segment's range are caught before any gather.
-        let too_many = Tensor::<2, Int>::zeros([2, 64], &device);
-        let mut fill_then_rows = Sequence(vec![Refresh::All, Refresh::Rows(too_many)], 0);
-        let err = generate_err(&subject, &mut fill_then_rows);
-        assert!(
-            matches!(err, Error::Policy { ref reason, .. } if reason.contains("row selection")),
-            "{name}: {err}"
-        );
+        for (name, typical, i) in all_typical() {
+            for (breach, needle) in breaches {
+                let mut policy = Breaker {
+                    inner: make(typical, i),
+                    breach,
+                    forward: 0,
+                };
+                let at = format!("{}/{name} {breach:?}", subject.name);
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (subject.run)(subject.model.as_ref(), &mut policy, 0.0, 8)
+                }));
+                match result {
+                    Ok(Err(Error::Policy { layer: 1, reason })) if reason.contains(needle) => {}
+                    Ok(Err(e)) => panic!("{at}: unexpected error {e}"),
+                    Ok(Ok(_)) => panic!("{at}: accepted"),
+                    Err(_) => panic!("{at}: panicked"),
+                }
+            }
+        }
     }
-}
-
-/// Plays a list of plans, one per forward.
-#[derive(Clone)]
-struct Sequence(Vec<Refresh>, usize);
-
-impl CachePolicy for Sequence {
-    fn name(&self) -> String {
-        "sequence".into()
-    }
-    fn begin_step(&mut self, step: &StepInfo) {
-        self.1 = step.index.min(self.0.len() - 1);
-    }
-    fn plan(&mut self, _: usize, _: Segment, _: Option<Probe<'_>>) -> dllm_cache::Result<Refresh> {
-        Ok(self.0[self.1].clone())
-    }
-    fn reset(&mut self) {
-        self.1 = 0;
-    }
-    fn fork(&self) -> Box<dyn CachePolicy> {
-        Box::new(self.clone())
-    }
-}
-
-fn generate_err(subject: &Subject, policy: &mut dyn CachePolicy) -> Error {
-    (subject.run)(subject.model.as_ref(), policy, 0.0, 8).expect_err("the policy breaks the rules")
 }
 
 /// Types an application shares between threads or moves into them.
@@ -363,7 +489,7 @@ fn stress_shared_model_from_four_threads() {
         let jobs: Vec<(usize, f64)> = (0..8)
             .map(|j| {
                 (
-                    j % policies().len(),
+                    j % all_typical().len(),
                     if subject.guidance && j % 3 == 0 {
                         1.0
                     } else {
@@ -373,7 +499,8 @@ fn stress_shared_model_from_four_threads() {
             })
             .collect();
         let run = |model: &dyn Denoiser, run: Runner, (p, cfg): (usize, f64)| {
-            let mut policy = (policies()[p].1)();
+            let (_, typical, i) = all_typical().swap_remove(p);
+            let mut policy = make(typical, i);
             run(model, policy.as_mut(), cfg, 16).expect("generation runs")
         };
         let sequential: Vec<_> = jobs

@@ -38,6 +38,8 @@ struct Work {
     h: Option<Tensor<3>>,
     /// Fresh value projection of every row, when computed for a probe.
     fresh_v: Option<Tensor<3>>,
+    /// The validated rows of a `Refresh::Rows` plan, per batch row, on the host.
+    rows: Option<Vec<Vec<usize>>>,
 }
 
 impl Block {
@@ -67,11 +69,11 @@ impl Block {
 
         if let Some(trace) = ctx.trace.as_deref_mut() {
             let describe = |w: &Work| -> Result<RowsTrace> {
-                Ok(match &w.refresh {
+                Ok(match (&w.refresh, &w.rows) {
                     _ if w.len == 0 => RowsTrace::All,
-                    Refresh::All => RowsTrace::All,
-                    Refresh::Reuse => RowsTrace::Reused,
-                    Refresh::Rows(idx) => RowsTrace::Rows(read_rows(idx)?),
+                    (Refresh::Reuse, _) => RowsTrace::Reused,
+                    (Refresh::Rows(_), Some(rows)) => RowsTrace::Rows(rows.clone()),
+                    _ => RowsTrace::All,
                 })
             };
             trace.push(LayerTrace {
@@ -106,21 +108,34 @@ impl Block {
             refresh: Refresh::All,
             h: None,
             fresh_v: None,
+            rows: None,
         };
         if len == 0 {
             return Ok(w);
         }
-        let [b, _, _] = x.dims();
-        let expected = [b, self.n_kv_heads, len, self.head_dim];
+        let [b, _, d] = x.dims();
+        let device = self.q.weight.device();
+        let kv = [b, self.n_kv_heads, len, self.head_dim];
+        let out = [b, len, d];
         let cached = match ctx.cache.get(layer, segment) {
-            Some(f) if f.v.dims() == expected => Some(f),
+            Some(f)
+                if f.k.dims() == kv
+                    && f.v.dims() == kv
+                    && f.attn.dims() == out
+                    && f.ffn.dims() == out
+                    && f.k.device() == device =>
+            {
+                Some(f)
+            }
             Some(f) => {
                 return Err(Error::Policy {
                     layer,
                     reason: format!(
-                        "cached {segment:?} values have shape {:?} but this pass has {expected:?}; \
-                         use a fresh FeatureCache for each generation",
+                        "cached {segment:?} features (values {:?} on {:?}) do not fit this pass \
+                         ({kv:?} on {device:?}); use a fresh FeatureCache for each generation \
+                         and model",
                         f.v.dims(),
+                        f.k.device(),
                     ),
                 });
             }
@@ -157,15 +172,7 @@ impl Block {
             }
             Refresh::Reuse => {}
             Refresh::Rows(idx) => {
-                let [ib, k] = idx.dims();
-                if ib != b || k > len {
-                    return Err(Error::Policy {
-                        layer,
-                        reason: format!(
-                            "row selection of shape [{ib}, {k}] for a {segment:?} of [{b}, {len}] rows"
-                        ),
-                    });
-                }
+                w.rows = Some(validate_rows(layer, segment, idx, b, len, &device)?);
             }
         }
         Ok(w)
@@ -459,19 +466,54 @@ fn scatter_head_rows(t: Tensor<4>, idx: &Tensor<2, Int>, rows: Tensor<4>) -> Ten
     t.scatter(2, index, rows, IndexingUpdateOp::Assign)
 }
 
-/// Reads a `[b, k]` index tensor to the host.
-pub(crate) fn read_rows(idx: &Tensor<2, Int>) -> Result<Vec<Vec<usize>>> {
-    let [b, k] = idx.dims();
+/// Checks a policy's row selection before any gather or scatter sees it: shape `[batch, k]`
+/// with `k <= len`, on the model's device, and per batch row every index in `0..len` and
+/// distinct. Returns the rows on the host (one small read-back per selection).
+fn validate_rows(
+    layer: usize,
+    segment: Segment,
+    idx: &Tensor<2, Int>,
+    batch: usize,
+    len: usize,
+    device: &burn::tensor::Device,
+) -> Result<Vec<Vec<usize>>> {
+    let bad = |reason: String| Error::Policy { layer, reason };
+    let [ib, k] = idx.dims();
+    if ib != batch || k > len {
+        return Err(bad(format!(
+            "row selection of shape [{ib}, {k}] for a {segment:?} of [{batch}, {len}] rows"
+        )));
+    }
+    if idx.device() != *device {
+        return Err(bad(format!(
+            "row selection on {:?}, but the model is on {device:?}",
+            idx.device()
+        )));
+    }
     let flat = idx
         .clone()
         .try_into_vec_as::<i64>()
         .map_err(|e| Error::Backend(format!("{e:?}")))?;
-    Ok((0..b)
-        .map(|r| {
-            flat[r * k..(r + 1) * k]
-                .iter()
-                .map(|&i| i as usize)
-                .collect()
-        })
-        .collect())
+    let mut rows = Vec::with_capacity(batch);
+    let mut seen = vec![false; len];
+    for (r, chunk) in flat.chunks(k.max(1)).take(batch).enumerate() {
+        seen.fill(false);
+        let mut row = Vec::with_capacity(k);
+        for &i in chunk {
+            let Some(j) = usize::try_from(i).ok().filter(|&j| j < len) else {
+                return Err(bad(format!(
+                    "row selection holds {i} in batch row {r}, outside the {segment:?}'s 0..{len}"
+                )));
+            };
+            if std::mem::replace(&mut seen[j], true) {
+                return Err(bad(format!(
+                    "row selection holds {j} twice in batch row {r} of the {segment:?}"
+                )));
+            }
+            row.push(j);
+        }
+        rows.push(row);
+    }
+    rows.resize(batch, Vec::new());
+    Ok(rows)
 }
