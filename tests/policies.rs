@@ -20,7 +20,7 @@ type Policy = Box<dyn CachePolicy>;
 /// of the offending field).
 struct Contract {
     name: &'static str,
-    typical: fn() -> Vec<Policy>,
+    typical: Typical,
     always_refresh: fn() -> Policy,
     invalid: fn() -> Vec<(&'static str, dllm_cache::Result<Policy>)>,
 }
@@ -92,8 +92,11 @@ fn contracts() -> Vec<Contract> {
     ]
 }
 
-/// Every typical policy of every contract, named.
-fn all_typical() -> Vec<(String, fn() -> Vec<Policy>, usize)> {
+/// Builds a contract's typical policies.
+type Typical = fn() -> Vec<Policy>;
+
+/// Every typical policy of every contract: name, builder, index.
+fn all_typical() -> Vec<(String, Typical, usize)> {
     contracts()
         .into_iter()
         .flat_map(|c| {
@@ -103,7 +106,7 @@ fn all_typical() -> Vec<(String, fn() -> Vec<Policy>, usize)> {
         .collect()
 }
 
-fn make(typical: fn() -> Vec<Policy>, i: usize) -> Policy {
+fn make(typical: Typical, i: usize) -> Policy {
     (typical)().swap_remove(i)
 }
 
