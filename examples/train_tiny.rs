@@ -204,7 +204,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!(
         "training {} parameters ({} layers, d_model {}) for {} steps of {} problems",
-        config.num_params(),
+        config.num_params()?,
         config.n_layers,
         config.d_model,
         a.steps,
@@ -302,7 +302,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
          **Result.** Final smoothed loss {final_loss:.4}; exact match on 500 held-out problems (greedy, 8 steps, \
          no cache): {acc:.1}%. `cargo run --release --example eval_tiny` measures it with and without the cache.\n\n\
          Training curve (step, smoothed loss, exact match on 64 held-out problems):\n\n{curve}\n",
-        params = config.num_params(),
+        params = config.num_params()?,
         layers = config.n_layers,
         d = config.d_model,
         heads = config.n_heads,

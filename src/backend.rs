@@ -23,10 +23,12 @@ pub fn available_devices() -> Vec<&'static str> {
 }
 
 /// A device by name: `flex`, `ndarray`, `cuda` / `cuda:N`, `vulkan` / `vulkan:N` (the N-th
-/// discrete GPU), each available when the crate was built with the feature of that name.
+/// discrete GPU), each available when the crate was built with the feature of that name. GPU
+/// names are checked against the devices the backend finds on this machine.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for an unknown name, a bad index, or a backend this build lacks.
+/// [`Error::InvalidArgument`] for an unknown name, a bad index, a backend this build lacks, or
+/// a GPU that is not present.
 pub fn device_from_name(name: &str) -> Result<Device> {
     let (kind, index) = match name.split_once(':') {
         Some((k, i)) => {
@@ -53,11 +55,17 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         #[allow(deprecated)]
         "ndarray" if index.is_none() => Ok(Device::ndarray()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(index.unwrap_or(0))),
+        "cuda" => present(
+            name,
+            Device::cuda(index.unwrap_or(0)),
+            burn::tensor::DeviceType::Cuda,
+        ),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(
-            index.unwrap_or(0),
-        ))),
+        "vulkan" => present(
+            name,
+            Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0))),
+            burn::tensor::DeviceType::Vulkan,
+        ),
         known if ["flex", "ndarray", "cuda", "vulkan"].contains(&known) => Err(missing()),
         _ => Err(Error::invalid(
             "device",
@@ -66,6 +74,23 @@ pub fn device_from_name(name: &str) -> Result<Device> {
                 available_devices().join(", ")
             ),
         )),
+    }
+}
+
+/// `device` if the backend of `kind` finds it on this machine.
+#[cfg(any(feature = "cuda", feature = "vulkan"))]
+fn present(name: &str, device: Device, kind: burn::tensor::DeviceType) -> Result<Device> {
+    let found = Device::enumerate(kind);
+    if found.contains(&device) {
+        Ok(device)
+    } else {
+        Err(Error::invalid(
+            "device",
+            format!(
+                "`{name}` is not present on this machine ({} such device(s) found)",
+                found.len()
+            ),
+        ))
     }
 }
 
@@ -85,5 +110,16 @@ mod tests {
             Err(Error::InvalidArgument { .. })
         ));
         assert!(available_devices().contains(&"flex"));
+        // No machine has a 10th CUDA GPU or Vulkan discrete GPU; without the feature the
+        // name is refused as unavailable, with it as not present.
+        for name in ["cuda:9", "vulkan:9"] {
+            assert!(
+                matches!(
+                    device_from_name(name),
+                    Err(Error::InvalidArgument { name: "device", .. })
+                ),
+                "{name}"
+            );
+        }
     }
 }

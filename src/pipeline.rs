@@ -509,31 +509,83 @@ impl Pipeline {
     }
 }
 
-/// Generation defaults from a `generation_config.json` (fields this crate understands).
+/// Generation defaults from a model folder's `generation_config.json`, if it has one.
 fn defaults_from(path: impl AsRef<Path>) -> Result<GenerateOptions> {
     let path = path.as_ref();
-    let mut o = GenerateOptions::default();
     if !path.is_file() {
-        return Ok(o);
+        return Ok(GenerateOptions::default());
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: Some(path.to_path_buf()),
-        reason: e.to_string(),
-    })?;
-    let num = |k: &str| json.get(k).and_then(|v| v.as_f64());
-    let int = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-    if let Some(t) = num("temperature") {
-        o.temperature = t;
+    GenerateOptions::from_generation_config(&text).map_err(|e| match e {
+        Error::Config { path: None, reason } => Error::Config {
+            path: Some(path.to_path_buf()),
+            reason,
+        },
+        other => other,
+    })
+}
+
+impl GenerateOptions {
+    /// [`GenerateOptions::default`] with the settings a `generation_config.json` suggests:
+    /// `temperature`, `top_p`, `top_k`, `max_new_tokens`, `steps` and Dream's `alg` (other
+    /// fields are ignored; `null` means absent).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field when the text is not a JSON object, or a field this
+    /// crate reads has the wrong type or an impossible value (a negative or non-finite
+    /// temperature, `top_p` outside (0, 1], `top_k` or `max_new_tokens` of 0, `steps` outside
+    /// `1..=`[`MAX_STEPS`](crate::sampler::MAX_STEPS), an unknown `alg`).
+    pub fn from_generation_config(text: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Config { path: None, reason };
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let fields = json
+            .as_object()
+            .ok_or_else(|| bad("generation config is not a JSON object".into()))?;
+        let field = |k: &str| fields.get(k).filter(|v| !v.is_null());
+        let number = |k: &str| -> Result<Option<f64>> {
+            field(k)
+                .map(|v| {
+                    v.as_f64()
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| bad(format!("`{k}` must be a finite number, got {v}")))
+                })
+                .transpose()
+        };
+        let count = |k: &str, max: usize| -> Result<Option<usize>> {
+            field(k)
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|&n| (1..=max).contains(&n))
+                        .ok_or_else(|| {
+                            bad(format!("`{k}` must be an integer in 1..={max}, got {v}"))
+                        })
+                })
+                .transpose()
+        };
+        let mut o = GenerateOptions::default();
+        if let Some(t) = number("temperature")? {
+            if t < 0.0 {
+                return Err(bad(format!("`temperature` must be >= 0, got {t}")));
+            }
+            o.temperature = t;
+        }
+        if let Some(p) = number("top_p")? {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(bad(format!("`top_p` must be in (0, 1], got {p}")));
+            }
+            o.top_p = Some(p);
+        }
+        o.top_k = count("top_k", usize::MAX)?.or(o.top_k);
+        o.max_new_tokens =
+            count("max_new_tokens", crate::sampler::MAX_SEQUENCE)?.unwrap_or(o.max_new_tokens);
+        o.steps = count("steps", crate::sampler::MAX_STEPS)?.or(o.steps);
+        if let Some(alg) = field("alg") {
+            let name = alg
+                .as_str()
+                .ok_or_else(|| bad(format!("`alg` must be a string, got {alg}")))?;
+            o.alg = name.parse().map_err(|e: Error| bad(e.to_string()))?;
+        }
+        Ok(o)
     }
-    o.top_p = num("top_p").or(o.top_p);
-    o.top_k = int("top_k").or(o.top_k);
-    if let Some(n) = int("max_new_tokens") {
-        o.max_new_tokens = n;
-    }
-    o.steps = int("steps").or(o.steps);
-    if let Some(alg) = json.get("alg").and_then(|v| v.as_str()) {
-        o.alg = alg.parse()?;
-    }
-    Ok(o)
 }

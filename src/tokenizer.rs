@@ -88,12 +88,88 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{}: {e}", path.display()))
 }
 
-/// A special token entry of `tokenizer_config.json`: a string or `{"content": ...}`.
-fn token_string(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
+/// What this crate reads from a `tokenizer_config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenizerConfig {
+    /// The Jinja chat template (a named list of templates contributes its `"default"`).
+    pub chat_template: Option<String>,
+    /// `bos_token`.
+    pub bos_token: Option<String>,
+    /// `eos_token`.
+    pub eos_token: Option<String>,
+    /// `pad_token`.
+    pub pad_token: Option<String>,
+}
+
+impl TokenizerConfig {
+    /// Parses the text of a `tokenizer_config.json`. Special tokens may be strings or
+    /// `{"content": ...}` objects; `null` means absent; other fields are ignored.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the text is not a JSON object or a field this crate reads has
+    /// another type.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Tokenizer(format!("tokenizer_config.json: {reason}"));
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let fields = json
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let token = |name: &str| -> Result<Option<String>> {
+            match fields.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(serde_json::Value::Object(o)) => match o.get("content") {
+                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                    _ => Err(bad(format!("`{name}` has no string `content`"))),
+                },
+                Some(other) => Err(bad(format!("`{name}` must be a string, got {other}"))),
+            }
+        };
+        let chat_template = match fields.get("chat_template") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // A list of named templates: take "default".
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            Some(other) => {
+                return Err(bad(format!("chat_template must be a string, got {other}")));
+            }
+        };
+        Ok(Self {
+            chat_template,
+            bos_token: token("bos_token")?,
+            eos_token: token("eos_token")?,
+            pad_token: token("pad_token")?,
+        })
+    }
+}
+
+/// The `eos_token_id` of a `generation_config.json` (a number, a list of numbers, or absent),
+/// each a token id.
+///
+/// # Errors
+/// [`Error::Config`] if the text is not a JSON object, or `eos_token_id` has another type or
+/// holds a value that is not a 32-bit token id (it would otherwise be truncated).
+pub fn generation_eos_ids(text: &str) -> Result<Vec<u32>> {
+    let bad = |reason: String| Error::Config { path: None, reason };
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let fields = json
+        .as_object()
+        .ok_or_else(|| bad("generation config is not a JSON object".into()))?;
+    let id = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad(format!("`eos_token_id` holds {v}, which is not a token id")))
+    };
+    match fields.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(list)) => list.iter().map(id).collect(),
+        Some(v) => Ok(vec![id(v)?]),
     }
 }
 
@@ -133,63 +209,40 @@ impl Tokenizer {
     ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| tok_err(tokenizer_json, e))?;
-        let read_json = |path: &Path| -> Result<serde_json::Value> {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            serde_json::from_str(&text).map_err(|e| tok_err(path, e))
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+        let config = match tokenizer_config {
+            Some(path) => TokenizerConfig::from_json(&read(path)?)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?,
+            None => TokenizerConfig::default(),
         };
-        let config = tokenizer_config.map(read_json).transpose()?;
-        let field = |name: &str| {
-            config
-                .as_ref()
-                .and_then(|c| c.get(name))
-                .and_then(token_string)
-        };
-        let chat_template = match config.as_ref().and_then(|c| c.get("chat_template")) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            // A list of named templates: take "default".
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-                .map(str::to_string),
-            Some(other) => {
-                return Err(Error::Tokenizer(format!(
-                    "chat_template must be a string, got {other}"
-                )));
-            }
-        };
-        let bos_token = field("bos_token");
-        let eos_token = field("eos_token");
         let id = |s: &Option<String>| s.as_deref().and_then(|t| inner.token_to_id(t));
-        let mut eos: Vec<u32> = id(&eos_token).into_iter().collect();
+        let mut eos: Vec<u32> = id(&config.eos_token).into_iter().collect();
         if let Some(path) = generation_config {
-            let gen_config = read_json(path)?;
-            let extra = match gen_config.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().collect(),
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),
-                _ => Vec::new(),
-            };
+            let extra = generation_eos_ids(&read(path)?).map_err(|e| match e {
+                Error::Config { path: None, reason } => Error::Config {
+                    path: Some(path.to_path_buf()),
+                    reason,
+                },
+                other => other,
+            })?;
             for e in extra {
-                let e = e as u32;
                 if !eos.contains(&e) {
                     eos.push(e);
                 }
             }
         }
         let specials = TokenizerSpecials {
-            bos: id(&bos_token),
+            bos: id(&config.bos_token),
             eos,
             end_of_turn: END_OF_TURN.iter().find_map(|t| inner.token_to_id(t)),
             mask: MASKS.iter().find_map(|t| inner.token_to_id(t)),
-            pad: id(&field("pad_token")),
+            pad: id(&config.pad_token),
         };
         Ok(Self {
             inner,
-            chat_template,
-            bos_token,
-            eos_token,
+            chat_template: config.chat_template,
+            bos_token: config.bos_token,
+            eos_token: config.eos_token,
             specials,
         })
     }

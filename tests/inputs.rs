@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
-use dllm_cache::{Error, Llada, LladaConfig};
+use dllm_cache::cache::{CachePolicy, FeatureCache, Probe, Refresh, Segment, StepInfo};
+use dllm_cache::{
+    Denoiser, DreamAlg, DreamSamplerConfig, Error, FlopCounter, Llada, LladaConfig, SpecialTokens,
+    StepContext,
+};
 use safetensors::Dtype;
 
 fn fixture() -> PathBuf {
@@ -206,6 +210,111 @@ fn tensors_with(
 
 fn load(dir: PathBuf) -> Result<(), Error> {
     Llada::from_dir(dir, &Device::default()).map(|_| ())
+}
+
+/// A copy of the shipped tiny model's folder with `generation_config.json` edited.
+fn shipped_with_generation_config(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada");
+    let dir = scratch(tag);
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.join("generation_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&file, json.to_string()).unwrap();
+    dir
+}
+
+fn pipeline(dir: PathBuf) -> Result<(), Error> {
+    dllm_cache::Pipeline::from_dir(dir, &Device::default()).map(|_| ())
+}
+
+/// A user-written denoiser that breaks its contract: it wraps a real model and distorts what
+/// it reports or returns.
+struct RogueDenoiser<'a> {
+    inner: &'a Llada,
+    /// Columns to drop from (negative: add to) the logits' vocabulary axis.
+    vocab_cut: isize,
+    /// Logit rows to drop from the end.
+    rows_cut: usize,
+    /// A mask id to report instead of the model's.
+    mask: Option<u32>,
+}
+
+impl Denoiser for RogueDenoiser<'_> {
+    fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        ctx: &mut StepContext<'_>,
+    ) -> dllm_cache::Result<Tensor<3>> {
+        let logits = self.inner.forward(tokens, ctx)?;
+        let [b, rows, vocab] = logits.dims();
+        let logits = logits.narrow(1, 0, rows - self.rows_cut.min(rows - 1));
+        Ok(if self.vocab_cut >= 0 {
+            logits.narrow(2, 0, vocab - self.vocab_cut as usize)
+        } else {
+            let extra = Tensor::<3>::zeros(
+                [
+                    b,
+                    rows - self.rows_cut.min(rows - 1),
+                    (-self.vocab_cut) as usize,
+                ],
+                &logits.device(),
+            );
+            Tensor::cat(vec![logits, extra], 2)
+        })
+    }
+    fn special_tokens(&self) -> SpecialTokens {
+        let s = self.inner.special_tokens();
+        SpecialTokens::new(self.mask.unwrap_or(s.mask), s.eos, s.pad, s.bos)
+    }
+    fn num_layers(&self) -> usize {
+        self.inner.num_layers()
+    }
+    fn max_seq_len(&self) -> usize {
+        self.inner.max_seq_len()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+}
+
+/// A user-written policy that refreshes everything at forward 0 and then returns `plan` for
+/// the response of every layer.
+#[derive(Clone)]
+struct RoguePolicy(Refresh, usize);
+
+impl CachePolicy for RoguePolicy {
+    fn name(&self) -> String {
+        "rogue".into()
+    }
+    fn begin_step(&mut self, step: &StepInfo) {
+        self.1 = step.index;
+    }
+    fn plan(&mut self, _: usize, s: Segment, _: Option<Probe<'_>>) -> dllm_cache::Result<Refresh> {
+        Ok(if self.1 == 0 || s == Segment::Prompt {
+            Refresh::All
+        } else {
+            self.0.clone()
+        })
+    }
+    fn reset(&mut self) {}
+    fn fork(&self) -> Box<dyn CachePolicy> {
+        Box::new(self.clone())
+    }
+}
+
+fn rows(values: Vec<i64>, shape: [usize; 2]) -> Refresh {
+    Refresh::Rows(Tensor::<2, Int>::from_data(
+        TensorData::new(values, shape),
+        &Device::default(),
+    ))
 }
 
 type Check = fn(&Error) -> bool;
@@ -650,6 +759,260 @@ fn bad_inputs_return_their_exact_error() {
                 )
             },
         ),
+        // Impossible sizes and values from files.
+        (
+            "generation_config.json asking for 2^40 steps",
+            Box::new(|| {
+                pipeline(shipped_with_generation_config("steps", |g| {
+                    g["steps"] = 1_099_511_627_776u64.into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { path: Some(p), reason } if p.ends_with("generation_config.json") && reason.contains("`steps`")),
+        ),
+        (
+            "generation_config.json with a steps string",
+            Box::new(|| {
+                pipeline(shipped_with_generation_config("steps-type", |g| {
+                    g["steps"] = "eight".into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`steps`")),
+        ),
+        (
+            "generation_config.json with an eos id beyond 32 bits",
+            Box::new(|| {
+                pipeline(shipped_with_generation_config("eos", |g| {
+                    g["eos_token_id"] = 4_294_967_297u64.into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { path: Some(p), reason } if p.ends_with("generation_config.json") && reason.contains("4294967297")),
+        ),
+        (
+            "LLaDA sampler with 2^40 steps",
+            Box::new(|| sampler(1 << 40, 8, 8).init().map(|_| ())),
+            |e| matches!(e, Error::InvalidArgument { name: "steps", reason } if reason.contains("exceeds")),
+        ),
+        (
+            "Dream sampler with 2^40 steps",
+            Box::new(|| {
+                DreamSamplerConfig::new()
+                    .with_steps(1 << 40)
+                    .init()
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "steps", .. }),
+        ),
+        (
+            "config whose vocab_size is smaller than its mask id",
+            Box::new(|| {
+                load(config_dir("vocab", |c| {
+                    c["vocab_size"] = 300.into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`mask_token_id` (317) is outside the vocabulary")),
+        ),
+        (
+            "config whose bos id is outside the vocabulary",
+            Box::new(|| {
+                load(config_dir("bos", |c| {
+                    c["bos_token_id"] = 400.into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("`bos_token_id` (400)")),
+        ),
+        (
+            "config with more parameters than memory can address",
+            Box::new(|| {
+                let mut c = LladaConfig::with_sizes(1 << 40, 1 << 20, 1 << 10, 1 << 40, 320);
+                c.mask_token_id = 1;
+                c.validate()
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("more parameters")),
+        ),
+        (
+            "num_params of sizes that overflow",
+            Box::new(|| {
+                LladaConfig::with_sizes(usize::MAX / 2, 4, 1, 8, 320)
+                    .num_params()
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("overflows")),
+        ),
+        (
+            "config whose max_sequence_length is beyond float32 positions",
+            Box::new(|| {
+                load(config_dir("max-len", |c| {
+                    c["max_sequence_length"] = (1u64 << 40).into();
+                }))
+            }),
+            |e| matches!(e, Error::Config { reason, .. } if reason.contains("max_sequence_length")),
+        ),
+        // Devices.
+        (
+            "a CUDA GPU that is not there",
+            Box::new(|| dllm_cache::device_from_name("cuda:9").map(|_| ())),
+            |e| matches!(e, Error::InvalidArgument { name: "device", .. }),
+        ),
+        (
+            "a Vulkan GPU that is not there",
+            Box::new(|| dllm_cache::device_from_name("vulkan:9").map(|_| ())),
+            |e| matches!(e, Error::InvalidArgument { name: "device", .. }),
+        ),
+        // A user-written policy breaking the rules.
+        (
+            "rogue policy: a row past the response",
+            Box::new(|| {
+                let mut p = RoguePolicy(rows(vec![0, 8], [1, 2]), 0);
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&model, &ok_prompt, &mut p)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::Policy { reason, .. } if reason.contains("holds 8")),
+        ),
+        (
+            "rogue policy: a negative row",
+            Box::new(|| {
+                let mut p = RoguePolicy(rows(vec![-3], [1, 1]), 0);
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&model, &ok_prompt, &mut p)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::Policy { reason, .. } if reason.contains("holds -3")),
+        ),
+        (
+            "rogue policy: a duplicated row",
+            Box::new(|| {
+                let mut p = RoguePolicy(rows(vec![2, 2], [1, 2]), 0);
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&model, &ok_prompt, &mut p)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::Policy { reason, .. } if reason.contains("twice")),
+        ),
+        (
+            "rogue policy: a selection for another batch size",
+            Box::new(|| {
+                let mut p = RoguePolicy(rows(vec![1, 2], [2, 1]), 0);
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&model, &ok_prompt, &mut p)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::Policy { reason, .. } if reason.contains("shape [2, 1]")),
+        ),
+        (
+            "rogue policy: reuse before anything is cached",
+            Box::new(|| {
+                let mut p = RoguePolicy(Refresh::Reuse, 0);
+                p.1 = 1;
+                let mut cache = FeatureCache::new();
+                let mut flops = FlopCounter::new();
+                let tokens = Tensor::<2, Int>::from_data(
+                    TensorData::new(vec![5i64, 6, 7, 8, 317, 317], [1, 6]),
+                    &Device::default(),
+                );
+                let mut ctx =
+                    StepContext::new(StepInfo::new(1, 4, 2), &mut p, &mut cache, &mut flops);
+                model.forward(tokens, &mut ctx).map(|_| ())
+            }),
+            |e| matches!(e, Error::Policy { reason, .. } if reason.contains("never cached")),
+        ),
+        // A user-written denoiser breaking its contract.
+        (
+            "rogue denoiser: logits one column short",
+            Box::new(|| {
+                let rogue = RogueDenoiser {
+                    inner: &model,
+                    vocab_cut: 1,
+                    rows_cut: 0,
+                    mask: None,
+                };
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&rogue, &ok_prompt, &mut dllm_cache::NoCache)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "logits", reason } if reason.contains("[1, 8, 319]")),
+        ),
+        (
+            "rogue denoiser: logits with extra columns",
+            Box::new(|| {
+                let rogue = RogueDenoiser {
+                    inner: &model,
+                    vocab_cut: -5,
+                    rows_cut: 0,
+                    mask: None,
+                };
+                DreamSamplerConfig::new()
+                    .with_steps(4)
+                    .with_max_new_tokens(4)
+                    .with_alg(DreamAlg::Entropy)
+                    .init()?
+                    .generate(&rogue, &ok_prompt, &mut dllm_cache::NoCache)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "logits", reason } if reason.contains("[1, 4, 325]")),
+        ),
+        (
+            "rogue denoiser: fewer logit rows than asked",
+            Box::new(|| {
+                let rogue = RogueDenoiser {
+                    inner: &model,
+                    vocab_cut: 0,
+                    rows_cut: 3,
+                    mask: None,
+                };
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&rogue, &ok_prompt, &mut dllm_cache::NoCache)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "logits", .. }),
+        ),
+        (
+            "rogue denoiser: a mask id outside its vocabulary",
+            Box::new(|| {
+                let rogue = RogueDenoiser {
+                    inner: &model,
+                    vocab_cut: 0,
+                    rows_cut: 0,
+                    mask: Some(9999),
+                };
+                sampler(8, 8, 8)
+                    .init()?
+                    .generate(&rogue, &ok_prompt, &mut dllm_cache::NoCache)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "model", reason } if reason.contains("mask token 9999")),
+        ),
+        (
+            "Dream forward with an empty logit-row range",
+            Box::new(|| {
+                let dream = dllm_cache::Dream::from_dir(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream"),
+                    &Device::default(),
+                )?;
+                let (mut p, mut cache, mut flops) =
+                    (dllm_cache::NoCache, FeatureCache::new(), FlopCounter::new());
+                let tokens = Tensor::<2, Int>::zeros([1, 6], &Device::default());
+                let mut ctx =
+                    StepContext::new(StepInfo::new(0, 4, 2), &mut p, &mut cache, &mut flops)
+                        .with_logit_rows(std::ops::Range { start: 5, end: 0 });
+                dream.forward(tokens, &mut ctx).map(|_| ())
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        name: "logit_rows",
+                        ..
+                    }
+                )
+            },
+        ),
     ];
     let mut failures = Vec::new();
     for (name, run, check) in &cases {
@@ -684,9 +1047,48 @@ fn bad_inputs_return_their_exact_error() {
     assert_eq!(run(&model), run(&fresh));
 }
 
+/// Inputs that used to be ignored or mishandled silently and must now be honoured.
+#[test]
+fn settings_that_were_ignored_are_honoured() {
+    let device = Device::default();
+    // `rope_full_precision: false` rotates in the activation dtype: the same bits in float32.
+    let dir = config_dir("rope", |c| c["rope_full_precision"] = false.into());
+    let half = Llada::from_dir(&dir, &device).expect("rope_full_precision false loads");
+    assert!(!half.config().rope_full_precision);
+    assert_eq!(half.config().to_hf_json()["rope_full_precision"], false);
+    let full = Llada::from_dir(fixture(), &device).unwrap();
+    assert!(full.config().rope_full_precision);
+    assert_eq!(logits(&half, &device), logits(&full, &device));
+
+    // Dream `origin`: a draw that rounds to 1.0f32 at the last step must still commit. Seed
+    // 63433462's first draw is 1 - 1.07e-8, which float32 rounds to 1.0.
+    let seed = 63_433_462;
+    assert_eq!(dllm_cache::SplitMix64::new(seed).uniform() as f32, 1.0);
+    let dream = dllm_cache::Dream::from_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/dream"),
+        &device,
+    )
+    .unwrap();
+    let out = DreamSamplerConfig::new()
+        .with_steps(1)
+        .with_max_new_tokens(1)
+        .with_alg(DreamAlg::Origin)
+        .with_seed(seed)
+        .init()
+        .unwrap()
+        .generate(&dream, &[vec![5, 6, 7]], &mut dllm_cache::NoCache)
+        .unwrap();
+    let mask = dream.special_tokens().mask;
+    assert!(
+        out.response(0).iter().all(|&t| t != mask),
+        "{:?}",
+        out.response(0)
+    );
+}
+
 /// A deterministic stand-in for the cargo-fuzz target (`fuzz/`), run with every test suite:
-/// thousands of random mutations of a real checkpoint header and of both configs must give
-/// `Ok` or `Err`, never a panic.
+/// thousands of random mutations of a real checkpoint header, of both configs, and of a
+/// generation config and a tokenizer config must give `Ok` or `Err`, never a panic.
 #[test]
 fn mutated_headers_and_configs_never_panic() {
     let weights = std::fs::read(fixture().join("model.safetensors")).unwrap();
@@ -696,6 +1098,11 @@ fn mutated_headers_and_configs_never_panic() {
     let configs = [
         config_json("llada").to_string(),
         config_json("dream").to_string(),
+    ];
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada");
+    let side_files = [
+        std::fs::read_to_string(shipped.join("generation_config.json")).unwrap(),
+        std::fs::read_to_string(shipped.join("tokenizer_config.json")).unwrap(),
     ];
     let mut rng = dllm_cache::SplitMix64::new(99);
     let mut mutate = |bytes: &mut Vec<u8>| {
@@ -723,7 +1130,20 @@ fn mutated_headers_and_configs_never_panic() {
             });
             assert!(result.is_ok(), "config mutation {i} panicked: {text}");
         }
+        let mut side = side_files[i % 2].clone().into_bytes();
+        mutate(&mut side);
+        if let Ok(text) = std::str::from_utf8(&side) {
+            let result = std::panic::catch_unwind(|| {
+                let _ = dllm_cache::GenerateOptions::from_generation_config(text);
+                let _ = dllm_cache::tokenizer::generation_eos_ids(text);
+                let _ = dllm_cache::tokenizer::TokenizerConfig::from_json(text);
+            });
+            assert!(result.is_ok(), "side-file mutation {i} panicked: {text}");
+        }
     }
+    // The unmutated side files parse.
+    assert!(dllm_cache::GenerateOptions::from_generation_config(&side_files[0]).is_ok());
+    assert!(dllm_cache::tokenizer::TokenizerConfig::from_json(&side_files[1]).is_ok());
     // The unmutated header parses and lists every tensor.
     let full = dllm_cache::model::inspect_safetensors(&weights).unwrap();
     assert_eq!(full.len(), fixture_tensors().len());

@@ -1,6 +1,7 @@
 //! Fuzzes the parsers that read untrusted files: safetensors headers (length prefix, JSON,
-//! dtypes, shapes, offsets) and LLaDA / Dream `config.json`. Any input must produce `Ok` or an
-//! `Err`, never a panic, an abort or an allocation the input did not justify.
+//! dtypes, shapes, offsets), LLaDA / Dream `config.json`, `generation_config.json` (generation
+//! defaults and EOS ids) and `tokenizer_config.json`. Any input must produce `Ok` or an `Err`,
+//! never a panic, an abort or an allocation the input did not justify.
 //!
 //! ```text
 //! RUSTC_BOOTSTRAP=1 cargo fuzz run parse -s none -- -max_total_time=60
@@ -14,5 +15,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = dllm_cache::LladaConfig::from_json(text);
         let _ = dllm_cache::DreamConfig::from_json(text);
+        let _ = dllm_cache::GenerateOptions::from_generation_config(text);
+        let _ = dllm_cache::tokenizer::generation_eos_ids(text);
+        let _ = dllm_cache::tokenizer::TokenizerConfig::from_json(text);
     }
 });

@@ -208,11 +208,16 @@ impl DreamConfig {
     /// # Errors
     /// [`Error::Config`] naming the first inconsistent field.
     pub fn validate(&self) -> Result<()> {
-        self.arch().validate(&[
-            ("mask_token_id", self.mask_token_id),
-            ("pad_token_id", self.pad_token_id),
-            ("eos_token_id", self.eos_token_id),
-        ])
+        self.arch().validate(
+            self.vocab_size,
+            "vocab_size",
+            &[
+                ("mask_token_id", Some(self.mask_token_id)),
+                ("pad_token_id", Some(self.pad_token_id)),
+                ("eos_token_id", Some(self.eos_token_id)),
+                ("bos_token_id", self.bos_token_id),
+            ],
+        )
     }
 
     /// The config as Dream's Hugging Face `config.json` (the fields its remote code needs).
@@ -250,8 +255,14 @@ impl DreamConfig {
     }
 
     /// Number of parameters.
-    pub fn num_params(&self) -> usize {
-        self.arch().num_params()
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the count does not fit in `usize`.
+    pub fn num_params(&self) -> Result<usize> {
+        self.arch().num_params().ok_or_else(|| Error::Config {
+            path: None,
+            reason: "the parameter count overflows".into(),
+        })
     }
 }
 
@@ -312,6 +323,13 @@ impl Denoiser for Dream {
     fn forward(&self, tokens: Tensor<2, Int>, ctx: &mut StepContext<'_>) -> Result<Tensor<3>> {
         let [_, seq] = tokens.dims();
         let rows = ctx.logit_rows.clone().unwrap_or(0..seq);
+        // Checked before the shift below does arithmetic on the bounds.
+        if rows.start >= rows.end || rows.end > seq {
+            return Err(Error::invalid(
+                "logit_rows",
+                format!("{rows:?} is not a non-empty range of a {seq}-token sequence"),
+            ));
+        }
         if rows.start >= 1 {
             // Position i is scored by hidden row i - 1.
             return self.backbone.forward(

@@ -51,6 +51,10 @@ pub struct LladaConfig {
     pub bos_token_id: Option<u32>,
     /// Longest supported sequence.
     pub max_sequence_length: usize,
+    /// Rotate queries and keys in float32 whatever the activation dtype (`true`, as LLaDA-8B
+    /// ships), or in the activation dtype with the tables cast to it (`false`). Identical in
+    /// float32.
+    pub rope_full_precision: bool,
 }
 
 /// The fields of LLaDA's `config.json` that this crate reads; everything else is ignored.
@@ -105,6 +109,8 @@ struct RawConfig {
     input_emb_norm: bool,
     #[serde(default)]
     clip_qkv: Option<f64>,
+    #[serde(default = "default_true")]
+    rope_full_precision: bool,
 }
 
 fn default_mlp_ratio() -> usize {
@@ -148,6 +154,7 @@ impl LladaConfig {
             pad_token_id: 126_081,
             bos_token_id: Some(126_080),
             max_sequence_length: 4096,
+            rope_full_precision: true,
         }
     }
 
@@ -176,6 +183,7 @@ impl LladaConfig {
             pad_token_id: top - 2,
             bos_token_id: Some(top - 3),
             max_sequence_length: 4096,
+            rope_full_precision: true,
         }
     }
 
@@ -284,6 +292,7 @@ impl LladaConfig {
             pad_token_id: raw.pad_token_id,
             bos_token_id: raw.bos_token_id,
             max_sequence_length: raw.max_sequence_length,
+            rope_full_precision: raw.rope_full_precision,
         };
         config.validate()?;
         Ok(config)
@@ -300,11 +309,16 @@ impl LladaConfig {
                 reason: "`embedding_size` must be at least `vocab_size` (> 0)".into(),
             });
         }
-        self.arch().validate(&[
-            ("mask_token_id", self.mask_token_id),
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ])
+        self.arch().validate(
+            self.vocab_size,
+            "vocab_size",
+            &[
+                ("mask_token_id", Some(self.mask_token_id)),
+                ("eos_token_id", Some(self.eos_token_id)),
+                ("pad_token_id", Some(self.pad_token_id)),
+                ("bos_token_id", self.bos_token_id),
+            ],
+        )
     }
 
     /// The config as LLaDA's Hugging Face `config.json` (the fields its remote code needs).
@@ -334,7 +348,7 @@ impl LladaConfig {
             "pad_token_id": self.pad_token_id,
             "rms_norm_eps": self.rms_norm_eps,
             "rope": true,
-            "rope_full_precision": true,
+            "rope_full_precision": self.rope_full_precision,
             "rope_theta": self.rope_theta,
             "scale_logits": false,
             "vocab_size": self.vocab_size,
@@ -348,8 +362,14 @@ impl LladaConfig {
     }
 
     /// Number of parameters.
-    pub fn num_params(&self) -> usize {
-        self.arch().num_params()
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the count does not fit in `usize`.
+    pub fn num_params(&self) -> Result<usize> {
+        self.arch().num_params().ok_or_else(|| Error::Config {
+            path: None,
+            reason: "the parameter count overflows".into(),
+        })
     }
 }
 
@@ -375,7 +395,7 @@ impl Family for LladaConfig {
             eps: self.rms_norm_eps,
             qkv_bias: false,
             rope_theta: self.rope_theta,
-            rotate_in_f32: true,
+            rotate_in_f32: self.rope_full_precision,
             max_len: self.max_sequence_length,
             names: &ArchNames {
                 d_model: "d_model",

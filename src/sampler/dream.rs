@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    row_finished, tokens_tensor,
+    row_finished, tokens_tensor, validate_logits, validate_steps,
 };
 use crate::cache::{CachePolicy, FeatureCache, StepInfo};
 use crate::denoiser::{Denoiser, StepContext};
@@ -117,9 +117,7 @@ impl DreamSamplerConfig {
     /// [`Error::InvalidArgument`] for zero steps or tokens, `eps` outside (0, 1), a negative or
     /// non-finite temperature or `alg_temp`, `top_p` outside (0, 1], or `top_k` of 0.
     pub fn init(&self) -> Result<DreamSampler> {
-        if self.steps == 0 {
-            return Err(Error::invalid("steps", "must be at least 1"));
-        }
+        validate_steps(self.steps)?;
         if self.max_new_tokens == 0 {
             return Err(Error::invalid("max_new_tokens", "must be at least 1"));
         }
@@ -163,24 +161,25 @@ impl DreamSamplerConfig {
 
 /// `torch.linspace(1, eps, steps + 1)` in float32, computed as PyTorch's CPU kernel does:
 /// from the start for the first half, from the end for the second, each value one fused
-/// multiply-add (checked bit for bit against the recorded schedules of the golden set).
+/// multiply-add (checked bit for bit against the recorded schedules of the golden set). The
+/// sampler computes entries one at a time with [`dream_timestep`].
 pub fn dream_timesteps(steps: usize, eps: f64) -> Vec<f32> {
-    let n = steps + 1;
+    (0..=steps).map(|i| dream_timestep(steps, eps, i)).collect()
+}
+
+/// Entry `i` (`0..=steps`) of [`dream_timesteps`]`(steps, eps)`.
+pub fn dream_timestep(steps: usize, eps: f64, i: usize) -> f32 {
     let (start, end) = (1.0f32, eps as f32);
-    if n == 1 {
-        return vec![start];
+    if steps == 0 {
+        return start;
     }
-    let step = (end - start) / (n - 1) as f32;
-    let half = n / 2;
-    (0..n)
-        .map(|i| {
-            if i < half {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((n - 1 - i) as f32, end)
-            }
-        })
-        .collect()
+    let step = (end - start) / steps as f32;
+    // The first half, `i < (steps + 1) / 2`, counts from the start.
+    if i < steps.div_ceil(2) {
+        step.mul_add(i as f32, start)
+    } else {
+        (-step).mul_add(steps.saturating_sub(i) as f32, end)
+    }
 }
 
 /// Tokens per row committed at a step of a confidence algorithm:
@@ -251,7 +250,6 @@ impl DreamSampler {
         } = super::prepare_batch(model, prompts, c.max_new_tokens)?;
         let g = c.max_new_tokens;
         let b = prompts.len();
-        let timesteps = dream_timesteps(c.steps, c.eps);
         let mut rng = SplitMix64::new(c.seed);
         policy.reset();
         let mut cache = FeatureCache::new();
@@ -278,6 +276,7 @@ impl DreamSampler {
                     ctx = ctx.with_trace(&mut layers);
                 }
                 let logits = model.forward(tokens_tensor(&seqs, &model.device()), &mut ctx)?;
+                validate_logits(&logits, b, g, model.vocab_size())?;
                 if self.trace_layers {
                     forwards.push(ForwardTrace {
                         pass: Pass::Conditional,
@@ -287,17 +286,23 @@ impl DreamSampler {
                 }
                 forwards_done += 1;
                 let (x0, conf) = self.score(logits, &mut rng)?;
-                let (t, s) = (timesteps[i], timesteps[i + 1]);
+                let (t, s) = (
+                    dream_timestep(c.steps, c.eps, i),
+                    dream_timestep(c.steps, c.eps, i + 1),
+                );
                 let last = i + 1 == c.steps;
                 let chosen: Vec<Vec<usize>> = match c.alg {
                     DreamAlg::Origin => {
                         let p_transfer = if last { 1.0f32 } else { 1.0f32 - s / t };
+                        // The last step commits every mask; its draws are still taken so that
+                        // the stream is the same (a draw rounded to 1.0f32 would otherwise
+                        // leave a mask, about once in 2^25).
                         masked
                             .iter()
                             .map(|row| {
                                 row.iter()
                                     .copied()
-                                    .filter(|_| (rng.uniform() as f32) < p_transfer)
+                                    .filter(|_| (rng.uniform() as f32) < p_transfer || last)
                                     .collect()
                             })
                             .collect()

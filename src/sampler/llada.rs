@@ -6,7 +6,7 @@
 //!
 //! * the response is split into `gen_length / block_length` blocks, each unmasked in
 //!   `steps / num_blocks` steps; the number of tokens per step comes from the block's mask
-//!   count at its first step ([`transfer_schedule`]);
+//!   count at its first step ([`transfer_schedule`](super::transfer_schedule));
 //! * each step commits, per batch row, the masked positions of the current block with the
 //!   highest confidence (softmax probability of the chosen token, or a uniform draw for
 //!   [`Remasking::Random`]);
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    row_finished, tokens_tensor, transfer_schedule,
+    row_finished, tokens_tensor, transfer_count, validate_logits, validate_steps,
 };
 use crate::cache::{CachePolicy, FeatureCache, StepInfo, unconditional_due};
 use crate::denoiser::{Denoiser, StepContext};
@@ -94,8 +94,8 @@ impl LladaSamplerConfig {
     /// guidance scale is negative or not finite, or `confidence_eos_eot_inf` lacks an
     /// `eot_token_id`.
     pub fn init(&self) -> Result<LladaSampler> {
+        validate_steps(self.steps)?;
         for (name, v) in [
-            ("steps", self.steps),
             ("gen_length", self.gen_length),
             ("block_length", self.block_length),
         ] {
@@ -244,14 +244,11 @@ impl LladaSampler {
         'blocks: for block in 0..blocks {
             let lo = p + block * c.block_length;
             let hi = lo + c.block_length;
-            let schedules: Vec<Vec<usize>> = seqs
+            // Each row's schedule comes from its mask count at the block's first step.
+            let block_masks: Vec<usize> = seqs
                 .iter()
-                .map(|r| {
-                    let masks = r[lo..hi].iter().filter(|&&t| t == special.mask).count();
-                    transfer_schedule(masks, steps_per_block)
-                })
+                .map(|r| r[lo..hi].iter().filter(|&&t| t == special.mask).count())
                 .collect();
-            #[allow(clippy::needless_range_loop)] // `i` indexes every row's schedule
             for i in 0..steps_per_block {
                 let mut forwards = Vec::new();
                 let logits = self.step_logits(
@@ -283,7 +280,7 @@ impl LladaSampler {
                             .total_cmp(&conf[r * width + a])
                             .then(a.cmp(&b))
                     });
-                    candidates.truncate(schedules[r][i]);
+                    candidates.truncate(transfer_count(block_masks[r], steps_per_block, i));
                     let commits: Vec<Commit> = candidates
                         .into_iter()
                         .map(|j| {
@@ -372,6 +369,7 @@ impl LladaSampler {
             let mut layers = Vec::new();
             // Batched guidance runs the unconditional copies of the rows after the rows.
             let row_pads: Vec<usize> = pads.iter().cycle().take(rows.len()).copied().collect();
+            let width = logit_rows.len();
             let mut ctx = StepContext::new(info, policy, cache, flops)
                 .with_logit_rows(logit_rows)
                 .with_left_padding(&row_pads);
@@ -379,6 +377,7 @@ impl LladaSampler {
                 ctx = ctx.with_trace(&mut layers);
             }
             let out = model.forward(tokens_tensor(rows, &model.device()), &mut ctx)?;
+            validate_logits(&out, rows.len(), width, model.vocab_size())?;
             if self.trace_layers {
                 forwards.push(ForwardTrace {
                     pass,

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 
 pub use dream::{
-    DreamAlg, DreamSampler, DreamSamplerConfig, dream_timesteps, dream_transfer_count,
+    DreamAlg, DreamSampler, DreamSamplerConfig, dream_timestep, dream_timesteps,
+    dream_transfer_count,
 };
 pub use llada::{LladaSampler, LladaSamplerConfig, Remasking};
 
@@ -128,15 +129,86 @@ impl GenerationOutput {
 /// The streaming callback type.
 pub type OnStep<'a> = dyn FnMut(&StepEvent<'_>) -> ControlFlow<()> + 'a;
 
+/// The most denoising steps a sampler accepts: every step is at least one forward pass, and
+/// Dream's float32 timestep schedule distinguishes step indices exactly only up to 2^24.
+pub const MAX_STEPS: usize = 1 << 24;
+
+/// The longest sequence (prompt plus response) a sampler lays out: rotary positions are
+/// float32, exact up to 2^24, whatever a model's config claims.
+pub const MAX_SEQUENCE: usize = 1 << 24;
+
 /// How many of `masks` tokens to commit at each of `steps` steps: the same number each step,
-/// the remainder spread over the first steps (LLaDA's `get_num_transfer_tokens`).
+/// the remainder spread over the first steps (LLaDA's `get_num_transfer_tokens`). See
+/// [`transfer_count`] for one step without building the list.
 pub fn transfer_schedule(masks: usize, steps: usize) -> Vec<usize> {
+    (0..steps)
+        .map(|i| transfer_count(masks, steps, i))
+        .collect()
+}
+
+/// Entry `step` of [`transfer_schedule`]`(masks, steps)` (0 when `steps` is 0).
+pub fn transfer_count(masks: usize, steps: usize, step: usize) -> usize {
     if steps == 0 {
-        return Vec::new();
+        return 0;
     }
-    let base = masks / steps;
-    let rem = masks % steps;
-    (0..steps).map(|i| base + usize::from(i < rem)).collect()
+    masks / steps + usize::from(step < masks % steps)
+}
+
+/// Checks `steps` against [`MAX_STEPS`].
+pub(crate) fn validate_steps(steps: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(Error::invalid("steps", "must be at least 1"));
+    }
+    if steps > MAX_STEPS {
+        return Err(Error::invalid(
+            "steps",
+            format!("{steps} exceeds the maximum of {MAX_STEPS} (2^24)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what a sampler relies on from a model: a vocabulary, room for a sequence, and
+/// special ids inside the vocabulary.
+fn validate_model(model: &dyn Denoiser) -> Result<()> {
+    let vocab = model.vocab_size();
+    let special = model.special_tokens();
+    let ids = [
+        ("mask", Some(special.mask)),
+        ("eos", Some(special.eos)),
+        ("pad", Some(special.pad)),
+        ("bos", special.bos),
+    ];
+    for (name, id) in ids {
+        if let Some(id) = id
+            && id as usize >= vocab
+        {
+            return Err(Error::invalid(
+                "model",
+                format!("its {name} token {id} is outside its vocabulary of {vocab}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the logits a denoiser returned for a forward: `[batch, rows, vocab]` exactly.
+pub(crate) fn validate_logits(
+    logits: &Tensor<3>,
+    batch: usize,
+    rows: usize,
+    vocab: usize,
+) -> Result<()> {
+    let dims = logits.dims();
+    if dims != [batch, rows, vocab] {
+        return Err(Error::invalid(
+            "logits",
+            format!(
+                "the denoiser returned logits of shape {dims:?} where [{batch}, {rows}, {vocab}] was asked for"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a row is done: its committed prefix (up to the first mask) holds a stop token, so
@@ -166,6 +238,7 @@ pub(crate) fn prepare_batch(
     prompts: &[Vec<u32>],
     gen_len: usize,
 ) -> Result<Batch> {
+    validate_model(model)?;
     let special = model.special_tokens();
     let (p, pads) = validate_ragged_prompts(model, prompts, gen_len)?;
     if pads.iter().any(|&n| n > 0) && special.pad == special.mask {
@@ -209,11 +282,9 @@ fn validate_ragged_prompts(
     }
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = p.saturating_add(gen_length);
-    if len > model.max_seq_len() {
-        return Err(Error::SequenceTooLong {
-            len,
-            max: model.max_seq_len(),
-        });
+    let max = model.max_seq_len().min(MAX_SEQUENCE);
+    if len > max {
+        return Err(Error::SequenceTooLong { len, max });
     }
     let vocab = model.vocab_size();
     let mask = model.special_tokens().mask;
@@ -260,5 +331,12 @@ mod tests {
         assert_eq!(transfer_schedule(3, 5), vec![1, 1, 1, 0, 0]);
         assert_eq!(transfer_schedule(0, 3), vec![0, 0, 0]);
         assert_eq!(transfer_schedule(5, 0), Vec::<usize>::new());
+        for (masks, steps) in [(10, 4), (3, 5), (1_000_003, 1 << 20)] {
+            let whole = transfer_schedule(masks, steps);
+            assert_eq!(whole.iter().sum::<usize>(), masks);
+            for step in [0, steps / 2, steps - 1] {
+                assert_eq!(transfer_count(masks, steps, step), whole[step]);
+            }
+        }
     }
 }
