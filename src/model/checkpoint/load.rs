@@ -1,9 +1,11 @@
 //! Safetensors checkpoints (single file or sharded index) into burn modules.
 //!
 //! The loader reads each shard's header once, validates it (header length, dtypes, offsets,
-//! data size) and then reads every tensor with one positioned read, converting f32/bf16/f16 to
-//! the device's float type on the way. No shard is ever held in memory as a whole, so peak
-//! memory is the model plus one tensor.
+//! data size) and then reads every tensor in pieces of 1 MiB, converting f32/bf16/f16 to float32
+//! (and transposing linear weights to burn's layout) straight into the tensor's buffer. No
+//! shard and no second copy of a tensor is ever held in memory, so the peak while loading is
+//! the model so far plus the one float32 tensor being read (on a GPU backend, plus its copy on
+//! the device while it uploads) plus the 1 MiB piece.
 //!
 //! The model constructors ask the loader for tensors by their role ([`super::names`]), and the
 //! loader is strict: a missing tensor, a tensor of the wrong shape or dtype, and any tensor left
@@ -20,9 +22,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata};
 
 use super::names::{NameTable, Role, name_of};
-use super::transpose;
 use crate::error::{Error, Result};
 use crate::model::norm::RmsNorm;
+
+/// Bytes read from a checkpoint at a time.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Largest header we accept (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -171,14 +175,18 @@ impl Checkpoint {
         name: &str,
         expected: [usize; D],
     ) -> Result<Tensor<D>> {
-        let (values, shape) = self.read_f32(name, &expected)?;
+        let values = self.read_f32(name, &expected, false)?;
         Ok(Tensor::from_data(
-            TensorData::new(values, shape),
+            TensorData::new(values, expected),
             &self.device,
         ))
     }
 
-    fn read_f32(&mut self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// Reads `name`, checking its shape, as float32 values; with `transpose`, a `[rows, cols]`
+    /// tensor comes back as `[cols, rows]`. The file is read in pieces of about
+    /// [`READ_CHUNK`] bytes, each converted (and transposed) into the output, so the output is
+    /// the only full-size buffer.
+    fn read_f32(&mut self, name: &str, expected: &[usize], transpose: bool) -> Result<Vec<f32>> {
         let entry = self
             .entries
             .get(name)
@@ -190,7 +198,8 @@ impl Checkpoint {
                 found: entry.shape.clone(),
             });
         }
-        let width = match entry.dtype {
+        let dtype = entry.dtype;
+        let width = match dtype {
             Dtype::F32 => 4,
             Dtype::BF16 | Dtype::F16 => 2,
             other => {
@@ -200,31 +209,68 @@ impl Checkpoint {
                 });
             }
         };
-        let count: usize = expected.iter().product();
-        debug_assert_eq!(count * width, entry.len, "validated by the header check");
         let shard = &mut self.shards[entry.shard];
-        let mut bytes = vec![0u8; entry.len];
+        let count: usize = expected.iter().product();
+        if count.checked_mul(width) != Some(entry.len) {
+            return Err(Error::Checkpoint {
+                path: shard.path.clone(),
+                reason: format!(
+                    "tensor `{name}` holds {} bytes for {count} values",
+                    entry.len
+                ),
+            });
+        }
+        // Source rows and their length: a transposed tensor is read whole rows at a time.
+        let (rows, cols) = match (transpose, expected) {
+            (true, &[r, c]) => (r, c),
+            _ => (1, count),
+        };
+        let decode = |b: &[u8]| -> f32 {
+            match dtype {
+                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            }
+        };
+        let mut out = vec![0f32; count];
         shard
             .file
             .seek(SeekFrom::Start(entry.start))
-            .and_then(|_| shard.file.read_exact(&mut bytes))
             .map_err(|e| Error::io(&shard.path, e))?;
-        let values: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        };
+        let mut buf = Vec::new();
+        if rows == 1 {
+            for piece in out.chunks_mut((READ_CHUNK / width).max(1)) {
+                buf.resize(piece.len() * width, 0);
+                shard
+                    .file
+                    .read_exact(&mut buf)
+                    .map_err(|e| Error::io(&shard.path, e))?;
+                for (v, b) in piece.iter_mut().zip(buf.chunks_exact(width)) {
+                    *v = decode(b);
+                }
+            }
+        } else {
+            let step = (READ_CHUNK / (cols * width).max(1)).max(1);
+            for r0 in (0..rows).step_by(step) {
+                let n = step.min(rows - r0);
+                buf.resize(n * cols * width, 0);
+                shard
+                    .file
+                    .read_exact(&mut buf)
+                    .map_err(|e| Error::io(&shard.path, e))?;
+                // Source row r0 + i, column c goes to out[c * rows + r0 + i]: for each column a
+                // contiguous run of n outputs.
+                for c in 0..cols {
+                    let dst = &mut out[c * rows + r0..c * rows + r0 + n];
+                    for (i, v) in dst.iter_mut().enumerate() {
+                        let at = (i * cols + c) * width;
+                        *v = decode(&buf[at..at + width]);
+                    }
+                }
+            }
+        }
         self.taken.insert(name.to_string());
-        Ok((values, expected.to_vec()))
+        Ok(out)
     }
 
     fn role_name(&self, role: Role, layer: usize) -> String {
@@ -243,8 +289,7 @@ impl Checkpoint {
         d_out: usize,
     ) -> Result<Linear> {
         let name = self.role_name(role, layer);
-        let (values, _) = self.read_f32(&name, &[d_out, d_in])?;
-        let transposed = transpose(&values, d_out, d_in);
+        let transposed = self.read_f32(&name, &[d_out, d_in], true)?;
         let weight =
             Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), &self.device);
         let bias = match bias {
@@ -402,4 +447,54 @@ pub fn inspect_safetensors(bytes: &[u8]) -> Result<Vec<TensorHeader>> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tensors larger than one read piece come back whole, converted and transposed.
+    #[test]
+    fn large_tensors_are_read_in_pieces() {
+        let (rows, cols) = (700, 600); // 1.6 MB in f32: two pieces
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i % 251) as f32 - 125.0).collect();
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("dllm-cache-pieces-{}.st", std::process::id()));
+        let views = vec![
+            (
+                "a".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, cols], &f32_bytes)
+                    .unwrap(),
+            ),
+            (
+                "b".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::BF16, vec![rows, cols], &bf16_bytes)
+                    .unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        let mut ckpt = Checkpoint::open_files(
+            &[path.clone()],
+            super::super::LLADA_NAMES,
+            &Device::default(),
+        )
+        .unwrap();
+        for name in ["a", "b"] {
+            let flat = ckpt.read_f32(name, &[rows, cols], false).unwrap();
+            let t = ckpt.read_f32(name, &[rows, cols], true).unwrap();
+            for r in [0, 1, 333, rows - 1] {
+                for c in [0, 7, cols - 1] {
+                    // Integers below 256 in magnitude are exact in bf16.
+                    assert_eq!(flat[r * cols + c], values[r * cols + c], "{name}");
+                    assert_eq!(t[c * rows + r], values[r * cols + c], "{name} transposed");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
 }
