@@ -479,7 +479,7 @@ mod tests {
         ];
         safetensors::serialize_to_file(views, None, &path).unwrap();
         let mut ckpt = Checkpoint::open_files(
-            &[path.clone()],
+            std::slice::from_ref(&path),
             super::super::LLADA_NAMES,
             &Device::default(),
         )
