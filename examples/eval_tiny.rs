@@ -61,7 +61,7 @@ fn settings() -> Vec<Setting> {
             policy: None,
         },
         Setting {
-            name: "dllm 100/7/0.25 (paper defaults)",
+            name: "dllm 100/7/0.25 (official defaults)",
             policy: dllm(100, 7, 0.25, true),
         },
         Setting {

@@ -7,7 +7,7 @@
 //!
 //! # fn main() -> dllm_cache::Result<()> {
 //! let pipeline = Pipeline::from_dir("LLaDA-8B-Instruct", &Device::flex())?;
-//! let options = GenerateOptions::default(); // dLLM-Cache on, paper defaults
+//! let options = GenerateOptions::default(); // dLLM-Cache on, the official defaults
 //! let reply = pipeline.chat(&[ChatMessage::user("What is 7 * 8?")], &options)?;
 //! println!("{} ({:.1} tokens/s)", reply.text, reply.stats.tokens_per_second);
 //! # Ok(())
@@ -96,7 +96,7 @@ pub enum CacheChoice {
 }
 
 /// Settings of one generation. `Default` gives 128 tokens in 128 greedy steps under
-/// dLLM-Cache with the paper's defaults.
+/// dLLM-Cache with the official scripts' defaults (K_p 100, K_r 7, rho 0.25).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct GenerateOptions {

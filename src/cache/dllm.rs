@@ -22,8 +22,9 @@ use burn::tensor::Tensor;
 use super::{CachePolicy, Probe, Refresh, Segment, StepInfo};
 use crate::error::{Error, Result};
 
-/// Settings of [`DllmCache`]. `DllmCacheConfig::new()` gives the paper's defaults
-/// (K_p = 100, K_r = 7, rho = 0.25) with the official code's layer-0 refresh.
+/// Settings of [`DllmCache`]. `DllmCacheConfig::new()` gives the official scripts' defaults
+/// (K_p = 100, K_r = 7, rho = 0.25, as in `demo_LLaDA.py` and the FLOPs scripts; the paper tunes
+/// them per task) with the official code's layer-0 refresh.
 #[derive(Config, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct DllmCacheConfig {

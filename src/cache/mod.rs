@@ -10,9 +10,11 @@
 //! The transformer block executes the answer at both its attention and its FFN site, the same
 //! way for every policy and every architecture:
 //!
-//! * keys and values are cached before the rotary embedding and rotated with their absolute
-//!   positions at every call; attention and FFN outputs are cached after their output
-//!   projections; the residual stream itself always flows fresh, only the two deltas are reused;
+//! * keys are cached already rotated with their absolute positions (positions never change
+//!   within a generation, and rotation is elementwise per row, so this is bit-identical to the
+//!   reference's caching before the rotation and rotating at every call), values as projected;
+//!   attention and FFN outputs are cached after their output projections; the residual stream
+//!   itself always flows fresh, only the two deltas are reused;
 //! * rows that are recomputed get new keys, values, attention output and FFN output, and their
 //!   queries attend over the whole (partly cached) key/value sequence;
 //! * when a probe ran, the fresh value of *every* row of the segment is stored, and only the

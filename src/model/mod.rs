@@ -6,7 +6,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `arch.rs` | [`Arch`](arch::Arch): the sizes and switches the shared code needs, validated |
+//! | `arch.rs` | `Arch`: the sizes and switches the shared code needs, validated |
 //! | `norm.rs`, `rope.rs` | [`RmsNorm`], rotary tables for any subset of rows |
 //! | `block.rs` | the transformer [`Block`]: parameters and math |
 //! | `attention.rs` | attention: the kernels of `crate::kernels` or burn's fused op |

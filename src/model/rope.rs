@@ -2,8 +2,9 @@
 //!
 //! Both architectures compute the angle table in float32 exactly as their PyTorch code does
 //! (`inv_freq = 1 / theta^(2j/d)`, `angle = position * inv_freq`, duplicated over the two halves).
-//! The feature cache keeps keys before rotation, so the table is built once per forward for
-//! every absolute position and then sliced or gathered for the rows a layer recomputes.
+//! Keys are rotated once, when they are computed, and cached rotated; the table is built once
+//! per forward for every absolute position and then sliced or gathered for the rows a layer
+//! recomputes.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
