@@ -24,6 +24,9 @@ use dllm_cache::{
     Llada, LladaConfig, LladaSamplerConfig, NoCache,
 };
 
+#[path = "shared/cli.rs"]
+mod cli;
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
 enum Policy {
     None,
@@ -110,15 +113,8 @@ fn parse_random(spec: &str) -> Result<LladaConfig, String> {
     ))
 }
 
-/// Prints an error as one line and exits with status 1.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,8 @@
 //! Every setting answers the same problems (the first `--problems` of the held-out split drawn
 //! from `--seed`), greedily, one token per step (8 steps for 8 tokens).
 
+#[path = "shared/cli.rs"]
+mod cli;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
 
@@ -87,15 +89,8 @@ struct Outcome {
     seconds: f64,
 }
 
-/// Prints an error as one line and exits with status 1.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

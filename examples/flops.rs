@@ -15,6 +15,9 @@ use clap::{Parser, ValueEnum};
 use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
 use dllm_cache::{DllmCacheConfig, DreamAlg, DreamSamplerConfig, LladaSamplerConfig};
 
+#[path = "shared/cli.rs"]
+mod cli;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
     /// LLaDA-8B (Base/Instruct) with its semi-autoregressive sampler.
@@ -52,15 +55,8 @@ struct Args {
     batch: usize,
 }
 
-/// Prints an error as one line and exits with status 1.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,6 +21,8 @@ use dllm_cache::pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline};
 use dllm_cache::{ChatMessage, DllmCacheConfig, DreamAlg};
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[path = "shared/cli.rs"]
+mod cli;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
 
@@ -93,13 +95,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<(), dllm_cache::Error> {

@@ -16,6 +16,8 @@
 //! Writes `config.json`, `model.safetensors`, the tokenizer files and a model card into
 //! `--out`. With the `cuda` feature and `--cuda` it trains on the GPU.
 
+#[path = "shared/cli.rs"]
+mod cli;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
 
@@ -178,15 +180,8 @@ fn accuracy(model: &Llada, n: usize) -> dllm_cache::Result<f64> {
     Ok(correct as f64 / n as f64)
 }
 
-/// Prints an error as one line and exits with status 1.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -89,6 +89,19 @@ fn transfer_row(case: &mut Value, step: usize, layer: usize) -> &mut Value {
     &mut t["rows"][0]
 }
 
+/// Replaces the first (least similar, so most clearly chosen) row of a transfer record's set
+/// with a response row outside it.
+fn swap_out_first_row(row: &mut Value) {
+    let index: Vec<u64> = row["index"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let outsider = (0..32).find(|r| !index.contains(r)).unwrap();
+    row["index"][0] = outsider.into();
+}
+
 const TIE_CASE: &str = "gen_cache_p8_g4_r0.50_g32_s32_b8";
 
 #[test]
@@ -114,14 +127,7 @@ fn a_clearly_chosen_row_swapped_out_of_a_near_tie_set_fails() {
             // topk order: the first row is the least similar, far below the k-th cosine.
             let kth = row["kth_smallest_cos"].as_f64().unwrap();
             assert!(row["cos"][0].as_f64().unwrap() < kth - 1e-3);
-            let index: Vec<u64> = row["index"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .collect();
-            let outsider = (0..32).find(|r| !index.contains(r)).unwrap();
-            row["index"][0] = outsider.into();
+            swap_out_first_row(row);
         },
         |_| {},
     );
@@ -139,14 +145,7 @@ fn a_swapped_row_of_a_clear_choice_fails() {
         |case| {
             let row = transfer_row(case, 1, 1);
             assert!(row["margin"].as_f64().unwrap() > harness::TIE_BAND);
-            let index: Vec<u64> = row["index"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .collect();
-            let outsider = (0..32).find(|r| !index.contains(r)).unwrap();
-            row["index"][0] = outsider.into();
+            swap_out_first_row(row);
         },
         |_| {},
     );

@@ -847,6 +847,27 @@ fn bad_inputs_return_their_exact_error() {
             }),
             |e| matches!(e, Error::Config { reason, .. } if reason.contains("max_sequence_length")),
         ),
+        (
+            "FLOPs estimate of sizes beyond 64 bits",
+            Box::new(|| {
+                use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
+                let shape = ModelShape::new(1 << 20, 16, 16, 1 << 12, 1 << 22, 1 << 20);
+                let sampling = Sampling::Llada(sampler(1 << 12, 1 << 12, 1 << 12));
+                estimate::flops(&shape, &sampling, None, 1 << 20, 1 << 10, HeadRows::All)
+                    .map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "model", reason } if reason.contains("64 bits")),
+        ),
+        (
+            "FLOPs estimate of a shape with zero heads",
+            Box::new(|| {
+                use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
+                let shape = ModelShape::new(64, 0, 0, 2, 128, 320);
+                let sampling = Sampling::Llada(sampler(8, 8, 8));
+                estimate::flops(&shape, &sampling, None, 4, 1, HeadRows::All).map(|_| ())
+            }),
+            |e| matches!(e, Error::InvalidArgument { name: "model", .. }),
+        ),
         // Devices.
         (
             "a CUDA GPU that is not there",
