@@ -30,6 +30,8 @@ pub enum RowsTrace {
     Reused,
     /// The listed rows (segment-relative, per batch row) recomputed, the others reused.
     Rows(Vec<Vec<usize>>),
+    /// The contiguous rows (segment-relative, every batch row) recomputed, the others reused.
+    Range(std::ops::Range<usize>),
 }
 
 impl LayerTrace {

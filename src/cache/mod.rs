@@ -55,12 +55,16 @@
 //! ```
 
 mod dllm;
+mod dual;
 mod none;
+mod prefix;
 pub(crate) mod store;
 
 pub(crate) use dllm::unconditional_due;
 pub use dllm::{DllmCache, DllmCacheConfig};
+pub use dual::DualCache;
 pub use none::NoCache;
+pub use prefix::PrefixCache;
 pub use store::FeatureCache;
 
 use burn::tensor::{Int, Tensor};
@@ -78,17 +82,58 @@ pub struct StepInfo {
     pub prompt_len: usize,
     /// Rows `prompt_len..prompt_len + response_len` are the response.
     pub response_len: usize,
+    /// The semi-autoregressive block this forward decodes, when the sampler works in blocks.
+    pub block: Option<BlockInfo>,
 }
 
 impl StepInfo {
     /// The step information of forward `index` over `prompt_len` prompt rows followed by
-    /// `response_len` response rows.
+    /// `response_len` response rows, outside any block.
     pub fn new(index: usize, prompt_len: usize, response_len: usize) -> Self {
         Self {
             index,
             prompt_len,
             response_len,
+            block: None,
         }
+    }
+
+    /// The same step inside `block`.
+    pub fn with_block(mut self, block: BlockInfo) -> Self {
+        self.block = Some(block);
+        self
+    }
+}
+
+/// The block a forward decodes: which one, where it lies, and how far into it the sampler is.
+/// Block caches ([`PrefixCache`], [`DualCache`]) plan from this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BlockInfo {
+    /// 0-based block index.
+    pub index: usize,
+    /// Absolute position of the block's first row (prompt included).
+    pub start: usize,
+    /// Absolute position one past its last row.
+    pub end: usize,
+    /// 0-based step within the block; 0 is the block's first step.
+    pub step: usize,
+}
+
+impl BlockInfo {
+    /// Block `index` over absolute rows `start..end`, at its `step`-th step.
+    pub fn new(index: usize, start: usize, end: usize, step: usize) -> Self {
+        Self {
+            index,
+            start,
+            end,
+            step,
+        }
+    }
+
+    /// Whether this is the block's first step.
+    pub fn is_first_step(&self) -> bool {
+        self.step == 0
     }
 }
 
@@ -125,6 +170,9 @@ pub enum Refresh {
     /// Recompute the given rows (segment-relative positions, distinct within a batch row,
     /// `[batch, k]`) and reuse the others.
     Rows(Tensor<2, Int>),
+    /// Recompute the contiguous rows `start..end` (segment-relative, the same for every batch
+    /// row) and reuse the others. Executed by slicing, without gathers or scatters.
+    Range(std::ops::Range<usize>),
 }
 
 /// Fresh and cached value projections of every row of a segment, offered to

@@ -73,6 +73,7 @@ impl Block {
                     _ if w.len == 0 => RowsTrace::All,
                     (Refresh::Reuse, _) => RowsTrace::Reused,
                     (Refresh::Rows(_), Some(rows)) => RowsTrace::Rows(rows.clone()),
+                    (Refresh::Range(r), _) => RowsTrace::Range(r.clone()),
                     _ => RowsTrace::All,
                 })
             };
@@ -162,6 +163,18 @@ impl Block {
         } else {
             w.refresh = ctx.policy.plan(layer, segment, None)?;
         }
+        if let Refresh::Range(r) = &w.refresh {
+            if r.start > r.end || r.end > len {
+                return Err(Error::Policy {
+                    layer,
+                    reason: format!("row range {r:?} is not inside the {segment:?}'s 0..{len}"),
+                });
+            }
+            // A range over every row is a full refresh: run it as one.
+            if r.start == 0 && r.end == len {
+                w.refresh = Refresh::All;
+            }
+        }
         match &w.refresh {
             Refresh::All => {}
             _ if cached.is_none() => {
@@ -170,7 +183,7 @@ impl Block {
                     reason: format!("asked to reuse {segment:?} features that were never cached"),
                 });
             }
-            Refresh::Reuse => {}
+            Refresh::Reuse | Refresh::Range(_) => {}
             Refresh::Rows(idx) => {
                 w.rows = Some(validate_rows(layer, segment, idx, b, len, &device)?);
             }
@@ -291,6 +304,34 @@ impl Block {
                     keys.push(c.k.clone());
                     values.push(fresh_or_cached(&w.fresh_v, c));
                 }
+                Refresh::Range(r) if r.is_empty() => {
+                    let c = cached.expect("validated in plan_segment");
+                    keys.push(c.k.clone());
+                    values.push(fresh_or_cached(&w.fresh_v, c));
+                }
+                Refresh::Range(r) => {
+                    let c = cached.expect("validated in plan_segment");
+                    let n = r.len();
+                    let h_sel = match &w.h {
+                        Some(h) => h.clone().narrow(1, r.start, n),
+                        None => self.attn_norm.forward(x.segment(s).narrow(1, r.start, n)),
+                    };
+                    let q = self.proj(&self.q, h_sel.clone(), flops);
+                    let k = self.proj(&self.k, h_sel.clone(), flops);
+                    let rope = env.rope.rows(w.offset + r.start, w.offset + r.end);
+                    let k = rope.apply(self.heads(k, self.n_kv_heads));
+                    keys.push(splice(c.k.clone(), 2, r, k.swap_dims(1, 2)));
+                    values.push(match &w.fresh_v {
+                        Some(_) => fresh_or_cached(&w.fresh_v, c),
+                        None => {
+                            let v = self.proj(&self.v, h_sel, flops);
+                            let v = self.heads(v, self.n_kv_heads).swap_dims(1, 2);
+                            splice(c.v.clone(), 2, r, v)
+                        }
+                    });
+                    queries.push(rope.apply(self.heads(q, self.n_heads)));
+                    query_rows[s] = n;
+                }
                 Refresh::Rows(idx) => {
                     let c = cached.expect("validated in plan_segment");
                     let [_, n] = idx.dims();
@@ -341,6 +382,9 @@ impl Block {
                 Refresh::All => ffn_in.push(x.segment(s)),
                 Refresh::Rows(idx) if idx.dims()[1] > 0 => {
                     ffn_in.push(gather_rows(x.segment(s), idx))
+                }
+                Refresh::Range(r) if !r.is_empty() => {
+                    ffn_in.push(x.segment(s).narrow(1, r.start, r.len()))
                 }
                 _ => {}
             }
@@ -404,6 +448,10 @@ impl Block {
                         Some(rows) => scatter_rows(cached(), idx, rows),
                         None => cached(),
                     },
+                    Refresh::Range(r) => match fresh {
+                        Some(rows) => splice(cached(), 1, r, rows),
+                        None => cached(),
+                    },
                 })
             })
             .collect()
@@ -420,6 +468,30 @@ fn split_rows(t: Tensor<3>, rows: &[usize; 2]) -> Vec<Option<Tensor<3>>> {
             part
         })
         .collect()
+}
+
+/// `t` with its entries `range` along `dim` replaced by `rows` (whose extent along `dim` is
+/// `range.len()`), by slicing and concatenating.
+fn splice<const D: usize>(
+    t: Tensor<D>,
+    dim: usize,
+    range: &std::ops::Range<usize>,
+    rows: Tensor<D>,
+) -> Tensor<D> {
+    let len = t.dims()[dim];
+    let mut parts = Vec::with_capacity(3);
+    if range.start > 0 {
+        parts.push(t.clone().narrow(dim, 0, range.start));
+    }
+    parts.push(rows);
+    if range.end < len {
+        parts.push(t.narrow(dim, range.end, len - range.end));
+    }
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, dim)
+    }
 }
 
 /// Rows `idx[b, j]` of `t[b, :, :]`.

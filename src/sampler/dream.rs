@@ -32,11 +32,12 @@ use burn::config::Config;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::commit::CommitRule;
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
     row_finished, tokens_tensor, validate_logits, validate_steps,
 };
-use crate::cache::{CachePolicy, FeatureCache, StepInfo};
+use crate::cache::{BlockInfo, CachePolicy, FeatureCache, StepInfo};
 use crate::denoiser::{Denoiser, StepContext};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
@@ -108,6 +109,18 @@ pub struct DreamSamplerConfig {
     /// nothing more, and the generation ends when every row has. Empty: run every step.
     #[config(default = "Vec::new()")]
     pub stop_tokens: Vec<u32>,
+    /// `Some(n)`: Fast-dLLM's block sampler (`generation_utils_block.py`) with blocks of `n`
+    /// tokens: each block's first step commits only its first position, the others follow
+    /// `commit` (the schedule ranks by negative entropy whatever `alg` says, as the official
+    /// code does). `None`: Dream's own sampler.
+    #[config(default = "None")]
+    pub block_length: Option<usize>,
+    /// How many candidates a step commits: the schedule (`alg`'s rule), or Fast-dLLM's
+    /// threshold or factor rule. Without blocks an adaptive rule is Fast-dLLM's no-cache
+    /// parallel sampler: each step ranks the top `max_new_tokens / steps` masks plus those
+    /// rejected before, commits what the rule keeps, and steps are added until none is left.
+    #[config(default = "CommitRule::Schedule")]
+    pub commit: CommitRule,
 }
 
 impl DreamSamplerConfig {
@@ -151,6 +164,33 @@ impl DreamSamplerConfig {
                 "alg_temp",
                 format!("must be finite and >= 0, got {a}"),
             ));
+        }
+        self.commit.validate()?;
+        let g = self.max_new_tokens;
+        match self.block_length {
+            Some(0) => return Err(Error::invalid("block_length", "must be at least 1")),
+            Some(n) if !g.is_multiple_of(n) => {
+                return Err(Error::invalid(
+                    "block_length",
+                    format!("{n} does not divide max_new_tokens {g}"),
+                ));
+            }
+            Some(n) if !self.steps.is_multiple_of(g / n) => {
+                return Err(Error::invalid(
+                    "steps",
+                    format!("{} is not a multiple of the {} blocks", self.steps, g / n),
+                ));
+            }
+            None if self.commit.is_adaptive() && !g.is_multiple_of(self.steps) => {
+                return Err(Error::invalid(
+                    "steps",
+                    format!(
+                        "{} does not divide max_new_tokens {g} (the parallel sampler's quota)",
+                        self.steps
+                    ),
+                ));
+            }
+            _ => {}
         }
         Ok(DreamSampler {
             config: self.clone(),
@@ -242,21 +282,52 @@ impl DreamSampler {
     ) -> Result<GenerationOutput> {
         let started = Instant::now();
         let c = &self.config;
-        let special = model.special_tokens();
         let super::Batch {
             prompt_len: p,
             pads,
             mut seqs,
         } = super::prepare_batch(model, prompts, c.max_new_tokens)?;
-        let g = c.max_new_tokens;
-        let b = prompts.len();
-        let mut rng = SplitMix64::new(c.seed);
-        policy.reset();
-        let mut cache = FeatureCache::new();
-        let mut flops = FlopCounter::new();
-        let mut stats = GenerationStats::default();
-        let mut forwards_done = 0;
+        let mut run = Run {
+            model,
+            policy,
+            pads: &pads,
+            p,
+            cache: FeatureCache::new(),
+            flops: FlopCounter::new(),
+            stats: GenerationStats::default(),
+            rng: SplitMix64::new(c.seed),
+            forwards_done: 0,
+            trace: self.trace_layers,
+        };
+        run.policy.reset();
+        match (c.block_length, c.commit.is_adaptive()) {
+            (None, false) => self.plain(&mut run, &mut seqs, on_step)?,
+            (None, true) => self.parallel(&mut run, &mut seqs, on_step)?,
+            (Some(n), _) => self.blocks(&mut run, &mut seqs, n, on_step)?,
+        }
+        let Run {
+            mut stats, flops, ..
+        } = run;
+        stats.forwards = flops.forwards as usize;
+        stats.flops = flops;
+        stats.wall_time = started.elapsed();
+        Ok(GenerationOutput {
+            sequences: seqs,
+            prompt_len: p,
+            stats,
+        })
+    }
 
+    /// Dream's own sampler: `steps` steps along `linspace(1, eps, steps + 1)`, `alg`'s rule.
+    fn plain(
+        &self,
+        run: &mut Run<'_>,
+        seqs: &mut [Vec<u32>],
+        on_step: &mut OnStep<'_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let special = run.model.special_tokens();
+        let (p, g, b) = (run.p, c.max_new_tokens, seqs.len());
         for i in 0..c.steps {
             let masked: Vec<Vec<usize>> = seqs
                 .iter()
@@ -267,30 +338,15 @@ impl DreamSampler {
             let mut committed = vec![Vec::new(); b];
             // A step without masks changes nothing; skip its forward.
             if total_masks > 0 {
-                let info = StepInfo::new(forwards_done, p, g);
-                let mut layers = Vec::new();
-                let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops)
-                    .with_logit_rows(p..p + g)
-                    .with_left_padding(&pads);
-                if self.trace_layers {
-                    ctx = ctx.with_trace(&mut layers);
-                }
-                let logits = model.forward(tokens_tensor(&seqs, &model.device()), &mut ctx)?;
-                validate_logits(&logits, b, g, model.vocab_size())?;
-                if self.trace_layers {
-                    forwards.push(ForwardTrace {
-                        pass: Pass::Conditional,
-                        index: forwards_done,
-                        layers,
-                    });
-                }
-                forwards_done += 1;
-                let (x0, conf) = self.score(logits, &mut rng)?;
+                let info = StepInfo::new(run.forwards_done, p, g);
+                let logits = run.forward(seqs, info, p..p + g, &mut forwards)?;
+                let (x0, conf) = self.score(logits, c.alg, &mut run.rng)?;
                 let (t, s) = (
                     dream_timestep(c.steps, c.eps, i),
                     dream_timestep(c.steps, c.eps, i + 1),
                 );
                 let last = i + 1 == c.steps;
+                let rng = &mut run.rng;
                 let chosen: Vec<Vec<usize>> = match c.alg {
                     DreamAlg::Origin => {
                         let p_transfer = if last { 1.0f32 } else { 1.0f32 - s / t };
@@ -313,54 +369,235 @@ impl DreamSampler {
                         masked
                             .iter()
                             .enumerate()
-                            .map(|(r, row)| {
-                                self.pick(row, &conf[r * g..(r + 1) * g], p, k, &mut rng)
-                            })
+                            .map(|(r, row)| self.pick(row, &conf[r * g..(r + 1) * g], p, k, rng))
                             .collect()
                     }
                 };
-                for (r, positions) in chosen.into_iter().enumerate() {
-                    if row_finished(&seqs[r][p..], special.mask, &c.stop_tokens) {
-                        continue;
-                    }
-                    for j in positions {
-                        let token = x0[r * g + (j - p)];
-                        seqs[r][j] = token;
-                        committed[r].push(Commit {
-                            position: j,
-                            token,
-                            confidence: conf[r * g + (j - p)],
-                        });
-                    }
-                }
+                let scored = Scored {
+                    x0: &x0,
+                    conf: &conf,
+                    offset: p,
+                    width: g,
+                };
+                committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
             }
-            stats.peak_cache_bytes = stats.peak_cache_bytes.max(cache.bytes());
-            stats.steps = i + 1;
             let event = StepEvent {
                 step: i,
                 total_steps: c.steps,
                 block: 0,
                 prompt_len: p,
                 committed: &committed,
-                sequences: &seqs,
+                sequences: seqs,
                 forwards: &forwards,
             };
-            let all_finished = seqs
-                .iter()
-                .all(|r| row_finished(&r[p..], special.mask, &c.stop_tokens));
-            if on_step(&event).is_break() || all_finished {
-                stats.stopped_early = i + 1 < c.steps;
+            if run.end_step(event, &special, &c.stop_tokens, on_step) {
+                run.stats.stopped_early = i + 1 < c.steps;
                 break;
             }
         }
-        stats.forwards = flops.forwards as usize;
-        stats.flops = flops;
-        stats.wall_time = started.elapsed();
-        Ok(GenerationOutput {
-            sequences: seqs,
-            prompt_len: p,
-            stats,
-        })
+        run.stats.block_steps.push(run.stats.steps);
+        Ok(())
+    }
+
+    /// Fast-dLLM's no-cache parallel sampler (`generation_utils.py`, `alg =
+    /// "confidence_threshold"`): per step and row a window of the `max_new_tokens / steps`
+    /// most confident masks plus the row's rejected count so far; the commit rule keeps some of
+    /// the window and the rest carry over. When the last step rejects any, the quota becomes 0
+    /// and a step is added, until nothing is left.
+    fn parallel(
+        &self,
+        run: &mut Run<'_>,
+        seqs: &mut [Vec<u32>],
+        on_step: &mut OnStep<'_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let special = run.model.special_tokens();
+        let (p, g, b) = (run.p, c.max_new_tokens, seqs.len());
+        // The rule compares float32 confidences with the threshold rounded to float32.
+        let rule = match c.commit {
+            CommitRule::Threshold(t) => CommitRule::Threshold(t as f32 as f64),
+            other => other,
+        };
+        let mut quota = g / c.steps;
+        let mut left = vec![0usize; b];
+        let mut steps = c.steps;
+        let mut i = 0;
+        while i < steps {
+            let masked: Vec<Vec<usize>> = seqs
+                .iter()
+                .map(|r| (p..p + g).filter(|&j| r[j] == special.mask).collect())
+                .collect();
+            if masked.iter().all(Vec::is_empty) {
+                break;
+            }
+            let mut forwards = Vec::new();
+            let info = StepInfo::new(run.forwards_done, p, g);
+            let logits = run.forward(seqs, info, p..p + g, &mut forwards)?;
+            let (x0, conf) = self.score(logits, DreamAlg::MaskgitPlus, &mut run.rng)?;
+            let mut chosen = Vec::with_capacity(b);
+            let mut rejected = false;
+            for (r, row) in masked.iter().enumerate() {
+                let conf_r = &conf[r * g..(r + 1) * g];
+                let mut order = row.clone();
+                order.sort_by(|&a, &b| conf_r[b - p].total_cmp(&conf_r[a - p]).then(a.cmp(&b)));
+                order.truncate((quota + left[r]).min(row.len()));
+                let sorted: Vec<f64> = order.iter().map(|&j| conf_r[j - p] as f64).collect();
+                let keep = rule.count(&sorted, order.len());
+                left[r] = order.len() - keep;
+                rejected |= left[r] > 0;
+                order.truncate(keep);
+                chosen.push(order);
+            }
+            if i + 1 == steps && rejected {
+                quota = 0;
+                steps += 1;
+            }
+            let scored = Scored {
+                x0: &x0,
+                conf: &conf,
+                offset: p,
+                width: g,
+            };
+            let committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
+            let event = StepEvent {
+                step: i,
+                total_steps: steps,
+                block: 0,
+                prompt_len: p,
+                committed: &committed,
+                sequences: seqs,
+                forwards: &forwards,
+            };
+            i += 1;
+            if run.end_step(event, &special, &c.stop_tokens, on_step) {
+                run.stats.stopped_early = seqs.iter().any(|r| r[p..].contains(&special.mask));
+                break;
+            }
+        }
+        run.stats.block_steps.push(run.stats.steps);
+        Ok(())
+    }
+
+    /// Fast-dLLM's block sampler (`generation_utils_block.py`): blocks of `n` left to right;
+    /// each block's first step commits its first position (argmax, no threshold); then the
+    /// commit rule over the block's masks until none is left, or, under the schedule, inner
+    /// steps `i = 1..` with `timesteps = linspace(1, eps, steps / blocks + 1)` committing
+    /// `int(masks_in_block * (1 - s / t))` by negative entropy (all at `i = steps/blocks - 1`).
+    /// As the official code, a schedule step `i = steps / blocks` runs its forward and then
+    /// stops the block (only reachable with one step per block).
+    fn blocks(
+        &self,
+        run: &mut Run<'_>,
+        seqs: &mut [Vec<u32>],
+        n: usize,
+        on_step: &mut OnStep<'_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let special = run.model.special_tokens();
+        let (p, g, b) = (run.p, c.max_new_tokens, seqs.len());
+        let blocks = g / n;
+        let steps_per_block = c.steps / blocks;
+        let rule = match c.commit {
+            CommitRule::Threshold(t) => CommitRule::Threshold(t as f32 as f64),
+            other => other,
+        };
+        let mut step = 0;
+        'blocks: for block in 0..blocks {
+            let (lo, hi) = (p + block * n, p + (block + 1) * n);
+            let mut i = 0;
+            loop {
+                let open = |seqs: &[Vec<u32>]| {
+                    seqs.iter().any(|r| {
+                        !row_finished(&r[p..], special.mask, &c.stop_tokens)
+                            && r[lo..hi].contains(&special.mask)
+                    })
+                };
+                if !open(seqs) {
+                    break;
+                }
+                let mut forwards = Vec::new();
+                let info = StepInfo::new(run.forwards_done, p, g)
+                    .with_block(BlockInfo::new(block, lo, hi, i));
+                let logits = run.forward(seqs, info, lo..hi, &mut forwards)?;
+                let schedule_end = !rule.is_adaptive() && i == steps_per_block;
+                let kind = if rule.is_adaptive() {
+                    DreamAlg::MaskgitPlus
+                } else {
+                    DreamAlg::Entropy
+                };
+                let (x0, conf) = self.score(logits, kind, &mut run.rng)?;
+                let masked: Vec<Vec<usize>> = seqs
+                    .iter()
+                    .map(|r| (lo..hi).filter(|&j| r[j] == special.mask).collect())
+                    .collect();
+                let chosen: Vec<Vec<usize>> = if schedule_end {
+                    vec![Vec::new(); b]
+                } else if i == 0 {
+                    masked
+                        .iter()
+                        .map(|row| row.iter().copied().filter(|&j| j == lo).collect())
+                        .collect()
+                } else {
+                    let per_row = masked.iter().map(Vec::len).sum::<usize>() as f32 / b as f32;
+                    let scheduled = if rule.is_adaptive() {
+                        0
+                    } else {
+                        let (t, s) = (
+                            dream_timestep(steps_per_block, c.eps, i),
+                            dream_timestep(steps_per_block, c.eps, i + 1),
+                        );
+                        dream_transfer_count(per_row, t, s, i + 1 == steps_per_block)
+                    };
+                    masked
+                        .iter()
+                        .enumerate()
+                        .map(|(r, row)| {
+                            let conf_r = &conf[r * n..(r + 1) * n];
+                            let mut order = row.clone();
+                            order.sort_by(|&a, &b| {
+                                conf_r[b - lo].total_cmp(&conf_r[a - lo]).then(a.cmp(&b))
+                            });
+                            let sorted: Vec<f64> =
+                                order.iter().map(|&j| conf_r[j - lo] as f64).collect();
+                            order.truncate(rule.count(&sorted, scheduled));
+                            order
+                        })
+                        .collect()
+                };
+                let scored = Scored {
+                    x0: &x0,
+                    conf: &conf,
+                    offset: lo,
+                    width: n,
+                };
+                let committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
+                let event = StepEvent {
+                    step,
+                    total_steps: if rule.is_adaptive() {
+                        g.max(c.steps)
+                    } else {
+                        c.steps
+                    },
+                    block,
+                    prompt_len: p,
+                    committed: &committed,
+                    sequences: seqs,
+                    forwards: &forwards,
+                };
+                step += 1;
+                i += 1;
+                if run.end_step(event, &special, &c.stop_tokens, on_step) {
+                    run.stats.block_steps.push(i);
+                    run.stats.stopped_early = seqs.iter().any(|r| r[p..].contains(&special.mask));
+                    break 'blocks;
+                }
+                if schedule_end {
+                    break;
+                }
+            }
+            run.stats.block_steps.push(i);
+        }
+        Ok(())
     }
 
     /// The positions among `masked` (absolute) to commit, by confidence.
@@ -410,17 +647,22 @@ impl DreamSampler {
     }
 
     /// Token and confidence of every response row, row-major `[batch, rows]`.
-    fn score(&self, logits: Tensor<3>, rng: &mut SplitMix64) -> Result<(Vec<u32>, Vec<f32>)> {
+    fn score(
+        &self,
+        logits: Tensor<3>,
+        alg: DreamAlg,
+        rng: &mut SplitMix64,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         let c = &self.config;
         let filtered = c.top_p.is_some_and(|p| p < 1.0) || c.top_k.is_some();
         if c.temperature > 0.0 || filtered {
-            return self.score_on_host(logits, rng);
+            return self.score_on_host(logits, alg, rng);
         }
         let x0 = logits.clone().argmax(2);
         let max = logits.clone().max_dim(2);
         let e = (logits.clone() - max.clone()).exp();
         let sum = e.clone().sum_dim(2);
-        let conf = match c.alg {
+        let conf = match alg {
             // softmax's largest entry: exp(0) / sum.
             DreamAlg::Origin | DreamAlg::MaskgitPlus => sum.recip(),
             DreamAlg::TopkMargin => {
@@ -446,6 +688,7 @@ impl DreamSampler {
     fn score_on_host(
         &self,
         logits: Tensor<3>,
+        alg: DreamAlg,
         rng: &mut SplitMix64,
     ) -> Result<(Vec<u32>, Vec<f32>)> {
         let c = &self.config;
@@ -482,7 +725,7 @@ impl DreamSampler {
                 (best, best_p)
             };
             x0.push(token as u32);
-            conf.push(match c.alg {
+            conf.push(match alg {
                 DreamAlg::Origin | DreamAlg::MaskgitPlus => p_token,
                 DreamAlg::TopkMargin => {
                     let second = probs
@@ -497,6 +740,108 @@ impl DreamSampler {
         }
         Ok((x0, conf))
     }
+}
+
+/// The state one Dream generation carries from step to step.
+struct Run<'a> {
+    model: &'a dyn Denoiser,
+    policy: &'a mut dyn CachePolicy,
+    pads: &'a [usize],
+    p: usize,
+    cache: FeatureCache,
+    flops: FlopCounter,
+    stats: GenerationStats,
+    rng: SplitMix64,
+    forwards_done: usize,
+    trace: bool,
+}
+
+impl Run<'_> {
+    /// One forward over `seqs` asking for the logits of `rows`, checked; traced if asked.
+    fn forward(
+        &mut self,
+        seqs: &[Vec<u32>],
+        info: StepInfo,
+        rows: std::ops::Range<usize>,
+        forwards: &mut Vec<ForwardTrace>,
+    ) -> Result<Tensor<3>> {
+        let width = rows.len();
+        let mut layers = Vec::new();
+        let mut ctx = StepContext::new(info, self.policy, &mut self.cache, &mut self.flops)
+            .with_logit_rows(rows)
+            .with_left_padding(self.pads);
+        if self.trace {
+            ctx = ctx.with_trace(&mut layers);
+        }
+        let logits = self
+            .model
+            .forward(tokens_tensor(seqs, &self.model.device()), &mut ctx)?;
+        validate_logits(&logits, seqs.len(), width, self.model.vocab_size())?;
+        if self.trace {
+            forwards.push(ForwardTrace {
+                pass: Pass::Conditional,
+                index: self.forwards_done,
+                info,
+                layers,
+            });
+        }
+        self.forwards_done += 1;
+        Ok(logits)
+    }
+
+    /// Books a finished step and gives it to the callback; whether the generation ends here
+    /// (the callback stopped it, or every row reached a stop token).
+    fn end_step(
+        &mut self,
+        event: StepEvent<'_>,
+        special: &crate::denoiser::SpecialTokens,
+        stop_tokens: &[u32],
+        on_step: &mut OnStep<'_>,
+    ) -> bool {
+        self.stats.peak_cache_bytes = self.stats.peak_cache_bytes.max(self.cache.bytes());
+        self.stats.steps += 1;
+        let all_finished = event
+            .sequences
+            .iter()
+            .all(|r| row_finished(&r[event.prompt_len..], special.mask, stop_tokens));
+        on_step(&event).is_break() || all_finished
+    }
+}
+
+/// A step's scores: per batch row, the token and confidence of `width` positions starting at
+/// absolute position `offset`.
+struct Scored<'a> {
+    x0: &'a [u32],
+    conf: &'a [f32],
+    offset: usize,
+    width: usize,
+}
+
+/// Writes the `chosen` positions (absolute) of every row that has not reached a stop token.
+fn commit(
+    seqs: &mut [Vec<u32>],
+    chosen: &[Vec<usize>],
+    scored: &Scored<'_>,
+    prompt_len: usize,
+    special: &crate::denoiser::SpecialTokens,
+    stop_tokens: &[u32],
+) -> Vec<Vec<Commit>> {
+    let mut committed = vec![Vec::new(); seqs.len()];
+    for (r, positions) in chosen.iter().enumerate() {
+        if row_finished(&seqs[r][prompt_len..], special.mask, stop_tokens) {
+            continue;
+        }
+        for &j in positions {
+            let at = r * scored.width + (j - scored.offset);
+            seqs[r][j] = scored.x0[at];
+            committed[r].push(Commit {
+                position: j,
+                token: scored.x0[at],
+                confidence: scored.conf[at],
+            });
+        }
+    }
+    committed
 }
 
 fn softmax(row: &[f32]) -> Vec<f32> {

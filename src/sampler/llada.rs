@@ -26,11 +26,12 @@ use burn::config::Config;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::commit::CommitRule;
 use super::{
     Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
     row_finished, tokens_tensor, transfer_count, validate_logits, validate_steps,
 };
-use crate::cache::{CachePolicy, FeatureCache, StepInfo, unconditional_due};
+use crate::cache::{BlockInfo, CachePolicy, FeatureCache, StepInfo, unconditional_due};
 use crate::denoiser::{Denoiser, StepContext};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
@@ -83,6 +84,11 @@ pub struct LladaSamplerConfig {
     /// nothing more, and the generation ends when every row has. Empty: run every step.
     #[config(default = "Vec::new()")]
     pub stop_tokens: Vec<u32>,
+    /// How many candidates of the current block a step commits: the fixed schedule
+    /// (`steps / blocks` steps per block), or Fast-dLLM's threshold or factor rule, under
+    /// which a block ends when it has no mask left.
+    #[config(default = "CommitRule::Schedule")]
+    pub commit: CommitRule,
 }
 
 impl LladaSamplerConfig {
@@ -130,6 +136,7 @@ impl LladaSamplerConfig {
                 ));
             }
         }
+        self.commit.validate()?;
         if self.confidence_eos_eot_inf && self.eot_token_id.is_none() {
             return Err(Error::invalid(
                 "eot_token_id",
@@ -241,6 +248,8 @@ impl LladaSampler {
         let mut stats = GenerationStats::default();
         let mut step = 0;
 
+        let adaptive = c.commit.is_adaptive();
+        let mut stopped = false;
         'blocks: for block in 0..blocks {
             let lo = p + block * c.block_length;
             let hi = lo + c.block_length;
@@ -249,22 +258,32 @@ impl LladaSampler {
                 .iter()
                 .map(|r| r[lo..hi].iter().filter(|&&t| t == special.mask).count())
                 .collect();
-            for i in 0..steps_per_block {
+            let mut i = 0;
+            loop {
+                // The fixed schedule runs every step of the block, as the reference does; the
+                // adaptive rules stop a block once no row has a mask left in it (tested before
+                // each forward, as Fast-dLLM's functions do).
+                let block_open = seqs.iter().any(|r| {
+                    !row_finished(&r[p..], special.mask, &c.stop_tokens)
+                        && r[lo..hi].contains(&special.mask)
+                });
+                if (adaptive && !block_open) || (!adaptive && i == steps_per_block) {
+                    break;
+                }
                 let mut forwards = Vec::new();
+                let info = StepInfo::new(step, p, g).with_block(BlockInfo::new(block, lo, hi, i));
                 let logits = self.step_logits(
                     model,
                     &seqs,
                     &pads,
-                    p,
-                    lo..hi,
-                    step,
+                    info,
                     policy,
                     &mut cache,
                     &mut guidance,
                     &mut flops,
                     &mut forwards,
                 )?;
-                let (x0, conf) = self.decide(logits, &special, &mut rng)?;
+                let (x0, conf) = self.decide(logits, &special, &mut rng, adaptive)?;
                 let width = hi - lo;
                 let mut committed = Vec::with_capacity(seqs.len());
                 for (r, row) in seqs.iter_mut().enumerate() {
@@ -280,7 +299,10 @@ impl LladaSampler {
                             .total_cmp(&conf[r * width + a])
                             .then(a.cmp(&b))
                     });
-                    candidates.truncate(transfer_count(block_masks[r], steps_per_block, i));
+                    let sorted: Vec<f64> =
+                        candidates.iter().map(|&j| conf[r * width + j]).collect();
+                    let scheduled = transfer_count(block_masks[r], steps_per_block, i);
+                    candidates.truncate(c.commit.count(&sorted, scheduled));
                     let commits: Vec<Commit> = candidates
                         .into_iter()
                         .map(|j| {
@@ -289,7 +311,7 @@ impl LladaSampler {
                             Commit {
                                 position: lo + j,
                                 token,
-                                confidence: conf[r * width + j],
+                                confidence: conf[r * width + j] as f32,
                             }
                         })
                         .collect();
@@ -301,9 +323,10 @@ impl LladaSampler {
                 };
                 stats.peak_cache_bytes = stats.peak_cache_bytes.max(cache.bytes() + guidance_bytes);
                 step += 1;
+                i += 1;
                 let event = StepEvent {
                     step: step - 1,
-                    total_steps: c.steps,
+                    total_steps: if adaptive { g.max(c.steps) } else { c.steps },
                     block,
                     prompt_len: p,
                     committed: &committed,
@@ -314,11 +337,19 @@ impl LladaSampler {
                     .iter()
                     .all(|r| row_finished(&r[p..], special.mask, &c.stop_tokens));
                 if on_step(&event).is_break() || all_finished {
-                    stats.stopped_early = step < c.steps;
+                    stats.block_steps.push(i);
+                    stopped = true;
                     break 'blocks;
                 }
             }
+            stats.block_steps.push(i);
         }
+        stats.stopped_early = stopped
+            && if adaptive {
+                seqs.iter().any(|r| r[p..].contains(&special.mask))
+            } else {
+                step < c.steps
+            };
         stats.steps = step;
         stats.forwards = flops.forwards as usize;
         stats.flops = flops;
@@ -337,9 +368,7 @@ impl LladaSampler {
         model: &dyn Denoiser,
         seqs: &[Vec<u32>],
         pads: &[usize],
-        p: usize,
-        block: std::ops::Range<usize>,
-        step: usize,
+        info: StepInfo,
         policy: &mut dyn CachePolicy,
         cache: &mut FeatureCache,
         guidance: &mut Guidance,
@@ -349,6 +378,11 @@ impl LladaSampler {
         let b = seqs.len();
         let scale = self.config.cfg_scale;
         let mask = model.special_tokens().mask;
+        let (p, step) = (info.prompt_len, info.index);
+        let block = match info.block {
+            Some(blk) => blk.start..blk.end,
+            None => p..p + info.response_len,
+        };
         let uncond = || -> Vec<Vec<u32>> {
             seqs.iter()
                 .map(|r| {
@@ -358,6 +392,7 @@ impl LladaSampler {
                 })
                 .collect()
         };
+        let block_of_step = info.block;
         let mut run = |rows: &[Vec<u32>],
                        policy: &mut dyn CachePolicy,
                        cache: &mut FeatureCache,
@@ -365,7 +400,8 @@ impl LladaSampler {
                        pass: Pass,
                        logit_rows: std::ops::Range<usize>|
          -> Result<Tensor<3>> {
-            let info = StepInfo::new(index, p, rows[0].len() - p);
+            let mut info = StepInfo::new(index, p, rows[0].len() - p);
+            info.block = block_of_step;
             let mut layers = Vec::new();
             // Batched guidance runs the unconditional copies of the rows after the rows.
             let row_pads: Vec<usize> = pads.iter().cycle().take(rows.len()).copied().collect();
@@ -382,6 +418,7 @@ impl LladaSampler {
                 forwards.push(ForwardTrace {
                     pass,
                     index,
+                    info,
                     layers,
                 });
             }
@@ -428,12 +465,16 @@ impl LladaSampler {
     }
 
     /// Predicted token and confidence of every row of the block, row-major `[batch, width]`.
+    /// `exact` asks for the confidences of the adaptive commit rules: the softmax of the
+    /// float32 logits evaluated in float64, as Fast-dLLM compares them (computed on the host);
+    /// otherwise the fixed schedule's float32 confidences of the reference sampler.
     fn decide(
         &self,
         logits: Tensor<3>,
         special: &crate::denoiser::SpecialTokens,
         rng: &mut SplitMix64,
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        exact: bool,
+    ) -> Result<(Vec<u32>, Vec<f64>)> {
         let c = &self.config;
         let [b, width, vocab] = logits.dims();
         let device = logits.device();
@@ -458,8 +499,8 @@ impl LladaSampler {
             _ => Vec::new(),
         };
 
-        if c.temperature > 0.0 {
-            return self.decide_on_host(logits, &confidence_cols, rng);
+        if c.temperature > 0.0 || exact {
+            return self.decide_on_host(logits, &confidence_cols, rng, exact);
         }
         let x0 = logits.clone().argmax(2); // [b, width, 1]
         let x0_host: Vec<u32> = x0
@@ -470,7 +511,9 @@ impl LladaSampler {
             .map(|t| t as u32)
             .collect();
         let conf = match c.remasking {
-            Remasking::Random => (0..b * width).map(|_| rng.uniform() as f32).collect(),
+            Remasking::Random => (0..b * width)
+                .map(|_| rng.uniform() as f32 as f64)
+                .collect(),
             Remasking::LowConfidence => {
                 let l = if confidence_cols.is_empty() {
                     logits
@@ -484,59 +527,75 @@ impl LladaSampler {
                 ((picked - max).exp() / sum)
                     .try_into_vec_as::<f32>()
                     .map_err(backend_err)?
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
             }
         };
         Ok((x0_host, conf))
     }
 
-    /// Temperature sampling in float64 on the host, drawing row-major over `[batch, width, vocab]`.
+    /// The host path, row-major over `[batch, width, vocab]`: Gumbel-max temperature sampling
+    /// in float64 (at temperature 0 the plain argmax, first index on ties, like `argmax`), and
+    /// the chosen token's softmax probability, with `exact` computed wholly in float64.
     fn decide_on_host(
         &self,
         logits: Tensor<3>,
         confidence_cols: &[u32],
         rng: &mut SplitMix64,
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        exact: bool,
+    ) -> Result<(Vec<u32>, Vec<f64>)> {
         let c = &self.config;
         let [b, width, vocab] = logits.dims();
         let host = logits.try_into_vec_as::<f32>().map_err(backend_err)?;
         let mut x0 = Vec::with_capacity(b * width);
         let mut conf = Vec::with_capacity(b * width);
+        let masked = |j: usize| confidence_cols.contains(&(j as u32));
         for row in host.chunks_exact(vocab) {
-            let mut best = (f64::NEG_INFINITY, 0usize);
-            for (j, &l) in row.iter().enumerate() {
-                let noise = (-rng.uniform().ln()).powf(c.temperature);
-                let v = (l as f64).exp() / noise;
-                if v > best.0 {
-                    best = (v, j);
+            let best = if c.temperature > 0.0 {
+                let mut best = (f64::NEG_INFINITY, 0usize);
+                for (j, &l) in row.iter().enumerate() {
+                    let noise = (-rng.uniform().ln()).powf(c.temperature);
+                    let v = (l as f64).exp() / noise;
+                    if v > best.0 {
+                        best = (v, j);
+                    }
                 }
-            }
-            x0.push(best.1 as u32);
+                best.1
+            } else {
+                row.iter()
+                    .enumerate()
+                    .fold((f32::NEG_INFINITY, 0usize), |acc, (j, &v)| {
+                        if v > acc.0 { (v, j) } else { acc }
+                    })
+                    .1
+            };
+            x0.push(best as u32);
             conf.push(match c.remasking {
                 Remasking::Random => 0.0, // drawn below, after all Gumbel draws of the step
+                Remasking::LowConfidence if masked(best) => 0.0,
                 Remasking::LowConfidence => {
-                    let masked = |j: usize| confidence_cols.contains(&(j as u32));
-                    let max = row
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| !masked(*j))
-                        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
-                    let sum: f64 = row
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| !masked(*j))
-                        .map(|(_, &v)| ((v - max) as f64).exp())
-                        .sum();
-                    if masked(best.1) {
-                        0.0
+                    let kept = || row.iter().enumerate().filter(|(j, _)| !masked(*j));
+                    let max = kept().fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+                    if exact {
+                        // softmax(logits.to(float64)): the differences themselves in float64.
+                        let (max, top) = (max as f64, row[best] as f64);
+                        let sum: f64 = kept().map(|(_, &v)| (v as f64 - max).exp()).sum();
+                        (top - max).exp() / sum
                     } else {
-                        (((row[best.1] - max) as f64).exp() / sum) as f32
+                        let sum: f64 = kept().map(|(_, &v)| ((v - max) as f64).exp()).sum();
+                        (((row[best] - max) as f64).exp() / sum) as f32 as f64
                     }
                 }
             });
         }
         if c.remasking == Remasking::Random {
             for v in conf.iter_mut() {
-                *v = rng.uniform() as f32;
+                *v = if exact {
+                    rng.uniform()
+                } else {
+                    rng.uniform() as f32 as f64
+                };
             }
         }
         Ok((x0, conf))

@@ -6,6 +6,7 @@
 //! [`GenerationStats`], and the per-step [`StepEvent`] given to a streaming callback, which can
 //! stop the generation early by returning [`ControlFlow::Break`].
 
+pub mod commit;
 pub mod dream;
 pub mod llada;
 
@@ -14,10 +15,12 @@ use std::time::Duration;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::cache::StepInfo;
 use crate::denoiser::{Denoiser, LayerTrace};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 
+pub use commit::CommitRule;
 pub use dream::{
     DreamAlg, DreamSampler, DreamSamplerConfig, dream_timestep, dream_timesteps,
     dream_transfer_count,
@@ -54,6 +57,8 @@ pub struct ForwardTrace {
     pub pass: Pass,
     /// The forward's index among the forwards sharing its feature cache (0-based).
     pub index: usize,
+    /// The step information the policy saw.
+    pub info: StepInfo,
     /// One entry per layer.
     pub layers: Vec<LayerTrace>,
 }
@@ -94,6 +99,9 @@ pub struct GenerationStats {
     pub wall_time: Duration,
     /// Whether the callback stopped the generation before its last step.
     pub stopped_early: bool,
+    /// Steps run in each block (one entry for a sampler without blocks): what the FLOPs
+    /// estimator needs to replay a generation whose commit rule decides the step count.
+    pub block_steps: Vec<usize>,
 }
 
 impl GenerationStats {
