@@ -232,6 +232,43 @@ fn a_wrong_token_fails() {
 }
 
 #[test]
+fn fastdllm_cases_fail_on_other_rows_another_forward_count_or_a_wrong_commit() {
+    let case = "fastdllm_dual_g32_b8_t0.50";
+    let unchanged = run("llada", &plant("llada", case, |_| {}, |_| {}));
+    assert!(matches!(unchanged, Outcome::Passed(_)), "{unchanged:?}");
+    // The official forward of step 3 was given the current block; say it was given more.
+    let path = plant(
+        "llada",
+        case,
+        |c| c["step_records"][3]["model_input"]["end"] = 42.into(),
+        |_| {},
+    );
+    assert_fails(run("llada", &path), &["step 3", "recomputed rows"]);
+    let path = plant("llada", case, |c| c["nfe"] = 21.into(), |_| {});
+    assert_fails(run("llada", &path), &["forwards, the official code 21"]);
+    let path = plant(
+        "llada",
+        case,
+        |c| {
+            let p = &mut c["step_records"][5]["rows"][0]["positions"][0];
+            *p = (p.as_u64().unwrap() + 1).into();
+        },
+        |_| {},
+    );
+    assert_fails(run("llada", &path), &["step 5", "committed"]);
+    let path = plant(
+        "dream",
+        "fastdllm_dream_prefix_n32_b8_t0.40",
+        |c| c["step_records"][2]["block_step"] = 7.into(),
+        |_| {},
+    );
+    assert_fails(
+        run("dream", &path),
+        &["step 2", "block (index, start, end, step)"],
+    );
+}
+
+#[test]
 fn comparisons_reject_nan_and_length_mismatch_on_either_side() {
     assert!(harness::max_abs_diff(&[1.0, f32::NAN], &[1.0, 2.0]).is_err());
     assert!(harness::max_abs_diff(&[1.0, 2.0], &[f32::INFINITY, 2.0]).is_err());

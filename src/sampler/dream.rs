@@ -520,7 +520,9 @@ impl DreamSampler {
                     .with_block(BlockInfo::new(block, lo, hi, i));
                 let logits = run.forward(seqs, info, lo..hi, &mut forwards)?;
                 let schedule_end = !rule.is_adaptive() && i == steps_per_block;
-                let kind = if rule.is_adaptive() {
+                // The block start commits by argmax and reports its probability; the schedule
+                // ranks the other steps by negative entropy, the adaptive rules by probability.
+                let kind = if i == 0 || rule.is_adaptive() {
                     DreamAlg::MaskgitPlus
                 } else {
                     DreamAlg::Entropy

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
-use dllm_cache::cache::{Probe, Refresh, Segment};
-use dllm_cache::sampler::{ForwardTrace, Pass, dream_timesteps, dream_transfer_count};
+use dllm_cache::cache::{DualCache, PrefixCache, Probe, Refresh, Segment};
+use dllm_cache::sampler::{CommitRule, ForwardTrace, Pass, dream_timesteps, dream_transfer_count};
 use dllm_cache::{
     CachePolicy, Commit, DllmCacheConfig, Dream, DreamAlg, DreamConfig, DreamSamplerConfig, Llada,
     LladaConfig, LladaSamplerConfig, NoCache, RowsTrace, StepInfo,
@@ -375,6 +375,61 @@ fn run_case_inner(arch: &str, path: &Path, device: &Device, models: &mut Models)
                 sampler
                     .generate_with(model, prompts, policy, on_step)
                     .map(|o| o.sequences)
+                    .map_err(|e| e.to_string())
+            })
+        }
+        ("llada", "fastdllm_generate") => {
+            let model = models.llada(&model_dir, weights, device)?;
+            let sampler = LladaSamplerConfig::new()
+                .with_steps(usize_of(&case, "steps")?)
+                .with_gen_length(usize_of(&case, "gen_length")?)
+                .with_block_length(usize_of(&case, "block_length")?)
+                .with_commit(fastdllm_rule(&case)?)
+                .init()
+                .map_err(|e| e.to_string())?
+                .with_layer_trace(true);
+            let rules = Rules {
+                confidence: ConfidenceKind::Probability,
+                delta: F32_TOL as f64,
+                vocab: dllm_cache::Denoiser::vocab_size(model),
+                bf16,
+            };
+            fastdllm_case(&case, &rules, |prompts, policy, on_step| {
+                sampler
+                    .generate_with(model, prompts, policy, on_step)
+                    .map(|o| (o.sequences, o.stats.forwards))
+                    .map_err(|e| e.to_string())
+            })
+        }
+        ("dream", "fastdllm_generate") => {
+            let model = models.dream(&model_dir, weights, device)?;
+            let rule = fastdllm_rule(&case)?;
+            let block = match case.get("block_length") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(usize_of(&case, "block_length")?),
+            };
+            let sampler = DreamSamplerConfig::new()
+                .with_steps(usize_of(&case, "steps")?)
+                .with_max_new_tokens(usize_of(&case, "gen_length")?)
+                .with_alg(DreamAlg::Entropy)
+                .with_block_length(block)
+                .with_commit(rule)
+                .init()
+                .map_err(|e| e.to_string())?
+                .with_layer_trace(true);
+            let rules = Rules {
+                confidence: match rule {
+                    CommitRule::Schedule => ConfidenceKind::NegEntropy,
+                    _ => ConfidenceKind::Probability,
+                },
+                delta: F32_TOL as f64,
+                vocab: dllm_cache::Denoiser::vocab_size(model),
+                bf16,
+            };
+            fastdllm_case(&case, &rules, |prompts, policy, on_step| {
+                sampler
+                    .generate_with(model, prompts, policy, on_step)
+                    .map(|o| (o.sequences, o.stats.forwards))
                     .map_err(|e| e.to_string())
             })
         }
@@ -1047,6 +1102,174 @@ fn compare_commits(got: &Recorded, want: &Value, rules: &Rules, tally: &mut Tall
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// The commit rule of a Fast-dLLM case.
+fn fastdllm_rule(case: &Value) -> Res<CommitRule> {
+    Ok(match str_of(case, "rule")? {
+        "threshold" | "threshold_window" => CommitRule::Threshold(f64_of(case, "threshold")?),
+        "factor" => CommitRule::Factor(f64_of(case, "factor")?),
+        "fixed" => CommitRule::Schedule,
+        other => return Err(format!("unknown rule `{other}`")),
+    })
+}
+
+/// The policy of a Fast-dLLM case, from its `implementation`.
+fn fastdllm_policy(case: &Value) -> Res<Box<dyn CachePolicy>> {
+    let implementation = str_of(case, "implementation")?;
+    Ok(if implementation.ends_with("PrefixCache") {
+        Box::new(PrefixCache::new())
+    } else if implementation.ends_with("DualCache") {
+        Box::new(DualCache::new())
+    } else if implementation.contains("no cache") {
+        Box::new(NoCache)
+    } else {
+        return Err(format!("unknown implementation `{implementation}`"));
+    })
+}
+
+/// The absolute rows a traced forward recomputed, `[start, end)`, if they are one range the
+/// same at every layer (what a Fast-dLLM forward is given), and whether it was a full forward.
+fn recomputed_rows(fwd: &ForwardTrace, p: usize, seq: usize) -> Res<(usize, usize, bool)> {
+    let mut out = None;
+    for l in &fwd.layers {
+        let rows = match (&l.prompt, &l.response) {
+            (RowsTrace::All, RowsTrace::All) => (0, seq, true),
+            (RowsTrace::Reused, RowsTrace::All) => (p, seq, false),
+            (RowsTrace::Reused, RowsTrace::Range(r)) => (p + r.start, p + r.end, false),
+            other => {
+                return Err(format!(
+                    "layer {}: plan {other:?} is not one row range",
+                    l.layer
+                ));
+            }
+        };
+        match out {
+            None => out = Some(rows),
+            Some(o) if o == rows => {}
+            Some(o) => {
+                return Err(format!(
+                    "layer {} recomputed {rows:?}, layer 0 {o:?}: not one range per forward",
+                    l.layer
+                ));
+            }
+        }
+    }
+    out.ok_or_else(|| "a forward without layers".to_string())
+}
+
+/// Runs a Fast-dLLM case and compares it step by step: the number of forwards, per step its
+/// block, the rows the forward recomputed against those the official forward was given, the
+/// committed positions and tokens, the confidences within the bound, and the final sequences.
+fn fastdllm_case(
+    case: &Value,
+    rules: &Rules,
+    mut generate: impl FnMut(
+        &[Vec<u32>],
+        &mut dyn CachePolicy,
+        &mut dyn FnMut(&dllm_cache::StepEvent<'_>) -> ControlFlow<()>,
+    ) -> Res<(Vec<Vec<u32>>, usize)>,
+) -> Res<Outcome> {
+    let prompts = rows_of(case, "prompt")?;
+    let want_final = rows_of(case, "final_x")?;
+    let records = list_of(case, "step_records")?;
+    let want_nfe = usize_of(case, "nfe")?;
+    let mut policy = fastdllm_policy(case)?;
+    let caching = policy.stores_features();
+    let mut recorded = Vec::new();
+    let (got_final, nfe) = generate(&prompts, policy.as_mut(), &mut |event| {
+        recorded.push(Recorded {
+            committed: event.committed.to_vec(),
+            forwards: event.forwards.to_vec(),
+        });
+        ControlFlow::Continue(())
+    })?;
+    let p = usize_of(case, "prompt_length")?;
+    let seq = p + usize_of(case, "gen_length")?;
+    let mut tally = Tally::default();
+    let mut divergence = None;
+    for (step, (got, want)) in recorded.iter().zip(records).enumerate() {
+        let checked = compare_fastdllm_forward(got, want, p, seq, caching)
+            .and_then(|()| compare_commits(got, want, rules, &mut tally));
+        if let Err(e) = checked {
+            divergence = Some(format!("first divergence at step {step}: {e}"));
+            break;
+        }
+    }
+    if divergence.is_none() && recorded.len() != records.len() {
+        divergence = Some(format!(
+            "{} steps, expected {}",
+            recorded.len(),
+            records.len()
+        ));
+    }
+    if divergence.is_none() && nfe != want_nfe {
+        divergence = Some(format!("{nfe} forwards, the official code {want_nfe}"));
+    }
+    if divergence.is_none() && got_final != want_final {
+        divergence = Some("final sequences differ".into());
+    }
+    let summary = format!(
+        "{} steps, {nfe} forwards, recomputed rows equal at every step, {} confidences within {:.3} of their bound (worst {:.1e} relative)",
+        records.len(),
+        tally.confidences,
+        tally.worst_of_bound,
+        tally.worst_relative,
+    );
+    Ok(match (divergence, rules.bf16) {
+        (None, false) => Outcome::Passed(summary),
+        (None, true) => Outcome::Informational(format!("bf16: {summary}")),
+        (Some(d), true) => Outcome::Informational(format!("bf16 (ties): {d}")),
+        (Some(d), false) => Outcome::Failed(d),
+    })
+}
+
+/// One step's forward against the official one: its block, and the rows it recomputed.
+fn compare_fastdllm_forward(
+    got: &Recorded,
+    want: &Value,
+    p: usize,
+    seq: usize,
+    caching: bool,
+) -> Res<()> {
+    let [fwd] = got.forwards.as_slice() else {
+        return Err(format!("{} forwards in one step", got.forwards.len()));
+    };
+    if let Some(Value::Number(_)) = want.get("block") {
+        let block = fwd.info.block.ok_or("no block in the step information")?;
+        let want_block = (
+            usize_of(want, "block")?,
+            usize_of(want, "block_start")?,
+            usize_of(want, "block_end")?,
+            usize_of(want, "block_step")?,
+        );
+        let got_block = (block.index, block.start, block.end, block.step);
+        if got_block != want_block {
+            return Err(format!(
+                "block (index, start, end, step) {got_block:?}, the official code {want_block:?}"
+            ));
+        }
+    }
+    let input = get(want, "model_input")?;
+    let want_rows = (
+        usize_of(input, "start")?,
+        usize_of(input, "end")?,
+        input["full_forward"].as_bool().ok_or("full_forward")?,
+    );
+    let got_rows = recomputed_rows(fwd, p, seq)?;
+    if got_rows != want_rows {
+        return Err(format!(
+            "recomputed rows (start, end, full) {got_rows:?}, the official forward was given {want_rows:?}"
+        ));
+    }
+    let refresh = want["cache_refresh"].as_bool().ok_or("cache_refresh")?;
+    if refresh != (caching && got_rows.2) {
+        return Err(format!(
+            "cache refresh {}, the official code {refresh}",
+            caching && got_rows.2
+        ));
     }
     Ok(())
 }
