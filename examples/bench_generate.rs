@@ -1,15 +1,18 @@
-//! Time whole generations, uncached or with dLLM-Cache, and print one JSON object.
+//! Time whole generations under any cache policy and commit rule, and print one JSON object.
 //!
 //! ```text
 //! cargo run --release --example bench_generate -- --random d_model=512,layers=8,heads=8,mlp=1376,vocab=32000 \
 //!     --prompt-len 256 --gen-len 64 --steps 64 --block-len 16 --policy dllm --kp 100 --kr 7 --rho 0.25 \
 //!     --repeat 3 --json
 //! cargo run --release --example bench_generate -- --model DIR --prompt-len 512 --policy none
+//! cargo run --release --example bench_generate -- --policy dual --decode threshold:0.9
 //! ```
 //!
 //! Runs one untimed warm-up generation and `--repeat` timed ones on a synthetic prompt, and
-//! reports the mean time, generated tokens per second, FLOPs executed (paper convention and
-//! full total), peak cache bytes, the backend and the thread count. `--model` takes a
+//! reports the mean time, generated tokens per second, forwards (NFE), tokens per forward,
+//! FLOPs executed (paper convention and full total), peak cache bytes, the backend and the
+//! thread count. `--policy none|dllm|prefix|dual` (with `--kp --kr --rho`) and `--decode
+//! schedule|threshold:TAU|factor:F` as in every example. `--model` takes a
 //! Hugging Face LLaDA or Dream folder (detected from `config.json`'s `model_type`);
 //! `--random` builds a seeded random LLaDA-shaped model of the given sizes. `--device` and
 //! `--dtype` pick the backend and float type (for example `--device vulkan --dtype f16` with
@@ -20,18 +23,16 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use dllm_cache::burn::tensor::FloatDType;
 use dllm_cache::{
-    CachePolicy, Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, GenerationOutput,
-    Llada, LladaConfig, LladaSamplerConfig, NoCache,
+    CachePolicy, Denoiser, Dream, DreamAlg, DreamSamplerConfig, GenerationOutput, Llada,
+    LladaConfig, LladaSamplerConfig,
 };
 
 #[path = "shared/cli.rs"]
 mod cli;
+#[path = "shared/options.rs"]
+mod options;
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
-enum Policy {
-    None,
-    Dllm,
-}
+use options::{PolicyArgs, PolicyName};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark whole generations")]
@@ -48,20 +49,16 @@ struct Args {
     gen_len: usize,
     #[arg(long, default_value_t = 64)]
     steps: usize,
-    /// LLaDA block length (Dream has no blocks).
+    /// LLaDA block length.
     #[arg(long, default_value_t = 16)]
     block_len: usize,
-    #[arg(long, value_enum, default_value_t = Policy::Dllm)]
-    policy: Policy,
-    #[arg(long, default_value_t = 100)]
-    kp: usize,
-    #[arg(long, default_value_t = 7)]
-    kr: usize,
-    #[arg(long, default_value_t = 0.25)]
-    rho: f64,
-    /// Do not force layer 0 to refresh every step.
+    /// Dream: run Fast-dLLM's block sampler with blocks of this length (default: Dream's own).
     #[arg(long)]
-    no_refresh_first_layer: bool,
+    dream_block_len: Option<usize>,
+    #[arg(long, value_enum, default_value_t = PolicyName::Dllm)]
+    policy: PolicyName,
+    #[command(flatten)]
+    options: PolicyArgs,
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     #[arg(long, default_value_t = 1)]
@@ -179,28 +176,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .collect()
         })
         .collect();
-    let dllm = DllmCacheConfig::new()
-        .with_prompt_interval(a.kp)
-        .with_response_interval(a.kr)
-        .with_refresh_ratio(a.rho)
-        .with_refresh_first_layer(!a.no_refresh_first_layer)
-        .init()?;
-    let mut policy: Box<dyn CachePolicy> = match a.policy {
-        Policy::None => Box::new(NoCache),
-        Policy::Dllm => Box::new(dllm),
-    };
+    let mut policy = a.options.policy(a.policy)?;
     let run = |policy: &mut dyn CachePolicy| -> dllm_cache::Result<GenerationOutput> {
         match &model {
             Model::Llada(m) => LladaSamplerConfig::new()
                 .with_steps(a.steps)
                 .with_gen_length(a.gen_len)
                 .with_block_length(a.block_len)
+                .with_commit(a.options.decode)
                 .init()?
                 .generate(m, &prompt, policy),
             Model::Dream(m) => DreamSamplerConfig::new()
                 .with_steps(a.steps)
                 .with_max_new_tokens(a.gen_len)
                 .with_alg(DreamAlg::Entropy)
+                .with_block_length(a.dream_block_len)
+                .with_commit(a.options.decode)
                 .init()?
                 .generate(m, &prompt, policy),
         }
@@ -224,6 +215,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "backend": if a.device == "flex" && cfg!(feature = "x86-v4") { "flex+x86-v4".to_string() } else { a.device.clone() },
         "threads": threads,
         "policy": policy.name(),
+        "decode": a.options.decode.to_string(),
         "batch": a.batch,
         "prompt_len": a.prompt_len,
         "gen_len": a.gen_len,
@@ -233,6 +225,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "seconds": mean,
         "seconds_each": seconds,
         "tokens_per_s": tokens / mean,
+        "forwards": out.stats.forwards,
+        "tokens_per_forward": tokens / out.stats.forwards.max(1) as f64,
+        "seconds_per_forward": mean / out.stats.forwards.max(1) as f64,
         "flops": {
             "paper": out.stats.flops.paper(),
             "total": out.stats.flops.total(),

@@ -13,10 +13,14 @@
 
 use clap::{Parser, ValueEnum};
 use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
-use dllm_cache::{DllmCacheConfig, DreamAlg, DreamSamplerConfig, LladaSamplerConfig};
+use dllm_cache::{DreamAlg, DreamSamplerConfig, LladaSamplerConfig, NoCache};
 
 #[path = "shared/cli.rs"]
 mod cli;
+#[path = "shared/options.rs"]
+mod options;
+
+use options::{PolicyArgs, PolicyName};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
@@ -42,15 +46,11 @@ struct Args {
     /// LLaDA block length (ignored for Dream).
     #[arg(long, default_value_t = 256)]
     block_len: usize,
-    #[arg(long, default_value_t = 100)]
-    kp: usize,
-    #[arg(long, default_value_t = 7)]
-    kr: usize,
-    #[arg(long, default_value_t = 0.25)]
-    rho: f64,
-    /// Do not force layer 0 to refresh (the paper's FLOPs convention).
-    #[arg(long)]
-    no_refresh_first_layer: bool,
+    /// The policy compared with no cache.
+    #[arg(long, value_enum, default_value_t = PolicyName::Dllm)]
+    policy: PolicyName,
+    #[command(flatten)]
+    options: PolicyArgs,
     #[arg(long, default_value_t = 1)]
     batch: usize,
 }
@@ -68,7 +68,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 LladaSamplerConfig::new()
                     .with_steps(a.steps)
                     .with_gen_length(a.gen_len)
-                    .with_block_length(a.block_len),
+                    .with_block_length(a.block_len)
+                    .with_commit(a.options.decode),
             ),
         ),
         Preset::Dream7b => (
@@ -77,25 +78,41 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 DreamSamplerConfig::new()
                     .with_steps(a.steps)
                     .with_max_new_tokens(a.gen_len)
-                    .with_alg(DreamAlg::Entropy),
+                    .with_alg(DreamAlg::Entropy)
+                    .with_commit(a.options.decode),
             ),
         ),
     };
-    let policy = DllmCacheConfig::new()
-        .with_prompt_interval(a.kp)
-        .with_response_interval(a.kr)
-        .with_refresh_ratio(a.rho)
-        .with_refresh_first_layer(!a.no_refresh_first_layer);
-    let forced = policy.clone().with_refresh_first_layer(true);
-    let run = |p: Option<&DllmCacheConfig>, head| {
-        estimate::flops(&shape, &sampling, p, a.prompt_len, a.batch, head)
+    if a.options.decode.is_adaptive() {
+        return Err(
+            "an adaptive --decode decides its step count from the data: run it \
+                    (bench_generate) and estimate from its recorded steps"
+                .into(),
+        );
+    }
+    let mut forced = a.options.clone();
+    forced.no_refresh_first_layer = false;
+    let run = |options: Option<&PolicyArgs>, head| -> dllm_cache::Result<_> {
+        let mut policy = match options {
+            Some(o) => o.policy(a.policy)?,
+            None => Box::new(NoCache),
+        };
+        estimate::flops(
+            &shape,
+            &sampling,
+            policy.as_mut(),
+            a.prompt_len,
+            a.batch,
+            head,
+            None,
+        )
     };
     let per_token = |flops: u64| flops as f64 / (a.gen_len * a.batch) as f64 / 1e12;
     let base = run(None, HeadRows::All)?;
-    let cached = run(Some(&policy), HeadRows::All)?;
+    let cached = run(Some(&a.options), HeadRows::All)?;
     let cached_l0 = run(Some(&forced), HeadRows::All)?;
     let base_run = run(None, HeadRows::AsRun)?;
-    let cached_run = run(Some(&policy), HeadRows::AsRun)?;
+    let cached_run = run(Some(&a.options), HeadRows::AsRun)?;
     let view = |b: u64, c: u64| {
         serde_json::json!({
             "tflops_per_token_uncached": per_token(b),
@@ -109,8 +126,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "gen_len": a.gen_len,
         "steps": a.steps,
         "block_len": a.block_len,
-        "kp": a.kp, "kr": a.kr, "rho": a.rho,
-        "refresh_first_layer": !a.no_refresh_first_layer,
+        "policy": format!("{:?}", a.policy).to_lowercase(),
+        "kp": a.options.kp, "kr": a.options.kr, "rho": a.options.rho,
+        "refresh_first_layer": !a.options.no_refresh_first_layer,
         "convention": "paper: 2 x linear MACs + LM head over every position, no attention products",
         "tflops_per_token_uncached": per_token(base.paper()),
         "tflops_per_token_cached": per_token(cached.paper()),

@@ -1,15 +1,18 @@
-//! Generate text with a LLaDA or Dream model, with or without dLLM-Cache.
+//! Generate text with a LLaDA or Dream model under any cache policy and commit rule.
 //!
 //! ```text
 //! cargo run --release --example generate -- --compare
+//! cargo run --release --example generate -- --compare none,dllm,prefix,dual,dual@threshold:0.9
 //! cargo run --release --example generate -- --model path/to/LLaDA-8B-Instruct --chat \
-//!     --prompt "What is 12 * 7?" --gen-len 128 --block-len 32 --stream
+//!     --prompt "What is 12 * 7?" --gen-len 128 --block-len 32 --policy dual \
+//!     --decode threshold:0.9 --stream
 //! ```
 //!
 //! Without `--model` it uses the tiny model shipped in `models/tiny-llada` (trained by
-//! `examples/train_tiny.rs` to look up a key in a table), with one of its held-out problems as
-//! the prompt. `--compare` runs the generation without and with the cache and prints both
-//! answers, their agreement, the FLOPs reduction and the wall-clock speedup.
+//! `examples/train_tiny.rs` on a few-shot digit task), with one of its held-out problems as
+//! the prompt. `--compare` runs several settings (`POLICY[@DECODE]`; alone, `none,dllm`) and
+//! prints each answer, its agreement with the first, the forwards, the FLOPs reduction and
+//! the wall-clock speedup against the first.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -18,21 +21,16 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use dllm_cache::burn::tensor::Device;
 use dllm_cache::pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline};
-use dllm_cache::{ChatMessage, DllmCacheConfig, DreamAlg};
+use dllm_cache::{ChatMessage, DreamAlg};
 use indicatif::{ProgressBar, ProgressStyle};
+use options::{PolicyArgs, PolicyName, Setting};
 
 #[path = "shared/cli.rs"]
 mod cli;
+#[path = "shared/options.rs"]
+mod options;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
-enum Policy {
-    /// No caching.
-    None,
-    /// dLLM-Cache.
-    Dllm,
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
 enum Alg {
@@ -75,20 +73,14 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Cache policy of a single run.
-    #[arg(long, value_enum, default_value_t = Policy::Dllm)]
-    policy: Policy,
-    /// Run without and with the cache and compare.
-    #[arg(long)]
-    compare: bool,
-    /// dLLM-Cache prompt refresh interval K_p.
-    #[arg(long, default_value_t = 100)]
-    kp: usize,
-    /// dLLM-Cache response refresh interval K_r.
-    #[arg(long, default_value_t = 7)]
-    kr: usize,
-    /// dLLM-Cache V-verify ratio rho.
-    #[arg(long, default_value_t = 0.25)]
-    rho: f64,
+    #[arg(long, value_enum, default_value_t = PolicyName::Dllm)]
+    policy: PolicyName,
+    #[command(flatten)]
+    options: PolicyArgs,
+    /// Run several settings and compare them with the first: `POLICY[@DECODE]`, comma
+    /// separated (for example `none,dllm,prefix,dual@threshold:0.9`); alone, `none,dllm`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "none,dllm", value_delimiter = ',')]
+    compare: Option<Vec<Setting>>,
     /// Print text as it becomes final.
     #[arg(long)]
     stream: bool,
@@ -111,10 +103,6 @@ fn run(a: Args) -> Result<(), dllm_cache::Error> {
     if a.prompt.is_none() {
         println!("expected answer: {}", problem.answer);
     }
-    let dllm = DllmCacheConfig::new()
-        .with_prompt_interval(a.kp)
-        .with_response_interval(a.kr)
-        .with_refresh_ratio(a.rho);
     let defaults = pipeline.default_options();
     let base: GenerateOptions = defaults
         .clone()
@@ -129,9 +117,13 @@ fn run(a: Args) -> Result<(), dllm_cache::Error> {
             Alg::Entropy => DreamAlg::Entropy,
         })
         .with_cfg_scale(a.cfg_scale)
+        .with_commit(a.options.decode)
         .with_seed(a.seed);
-    let run = |cache: CacheChoice, label: &str| -> Result<Completion, dllm_cache::Error> {
-        let options = base.clone().with_cache(cache);
+    let run = |setting: Setting, label: &str| -> Result<Completion, dllm_cache::Error> {
+        let options = base
+            .clone()
+            .with_cache(a.options.choice(setting.policy))
+            .with_commit(setting.decode.unwrap_or(a.options.decode));
         let bar = ProgressBar::new(options.steps.unwrap_or(options.max_new_tokens) as u64);
         bar.set_style(
             ProgressStyle::with_template("  {prefix} [{bar:30}] step {pos}/{len} {elapsed}")
@@ -160,9 +152,10 @@ fn run(a: Args) -> Result<(), dllm_cache::Error> {
         let s = &out.stats;
         println!("[{label}] {:?}", out.text);
         println!(
-            "  {} tokens in {} steps, {:.3}s, {:.1} tokens/s; {:.3} GFLOPs executed, {:.3} GFLOPs saved; cache {:.1} KiB",
+            "  {} tokens in {} steps ({} forwards), {:.3}s, {:.1} tokens/s; {:.3} GFLOPs executed, {:.3} GFLOPs saved; cache {:.1} KiB",
             s.completion_tokens,
             s.steps,
+            s.forwards,
             s.wall_time.as_secs_f64(),
             s.tokens_per_second,
             s.flops.total() as f64 / 1e9,
@@ -171,29 +164,42 @@ fn run(a: Args) -> Result<(), dllm_cache::Error> {
         );
         Ok(out)
     };
-    if a.compare {
-        // An untimed warm-up so that neither timed run pays first-call costs.
-        pipeline.complete(&prompt, &base.clone().with_cache(CacheChoice::None))?;
-        let plain = run(CacheChoice::None, "no cache")?;
-        let cached = run(CacheChoice::Dllm(dllm.clone()), "dLLM-Cache")?;
-        let agree = plain
-            .tokens
-            .iter()
-            .zip(&cached.tokens)
-            .filter(|(x, y)| x == y)
-            .count();
-        println!(
-            "agreement {agree}/{} tokens; FLOPs reduction {:.2}x; wall-clock speedup {:.2}x",
-            plain.tokens.len().max(cached.tokens.len()),
-            plain.stats.flops.total() as f64 / cached.stats.flops.total().max(1) as f64,
-            plain.stats.wall_time.as_secs_f64() / cached.stats.wall_time.as_secs_f64().max(1e-9)
-        );
-    } else {
-        let out = match a.policy {
-            Policy::None => run(CacheChoice::None, "no cache")?,
-            Policy::Dllm => run(CacheChoice::Dllm(dllm), "dLLM-Cache")?,
-        };
-        println!("{:.1} tokens/s", out.stats.tokens_per_second);
+    match &a.compare {
+        Some(settings) if !settings.is_empty() => {
+            // An untimed warm-up so that no timed run pays first-call costs.
+            pipeline.complete(&prompt, &base.clone().with_cache(CacheChoice::None))?;
+            let mut runs = Vec::with_capacity(settings.len());
+            for &setting in settings {
+                let label = setting.label(a.options.decode);
+                runs.push((label.clone(), run(setting, &label)?));
+            }
+            let (first_label, first) = &runs[0];
+            for (label, out) in &runs[1..] {
+                let agree = first
+                    .tokens
+                    .iter()
+                    .zip(&out.tokens)
+                    .filter(|(x, y)| x == y)
+                    .count();
+                println!(
+                    "{label} vs {first_label}: agreement {agree}/{} tokens; {} vs {} forwards; FLOPs reduction {:.2}x; wall-clock speedup {:.2}x",
+                    first.tokens.len().max(out.tokens.len()),
+                    out.stats.forwards,
+                    first.stats.forwards,
+                    first.stats.flops.total() as f64 / out.stats.flops.total().max(1) as f64,
+                    first.stats.wall_time.as_secs_f64()
+                        / out.stats.wall_time.as_secs_f64().max(1e-9)
+                );
+            }
+        }
+        _ => {
+            let setting = Setting {
+                policy: a.policy,
+                decode: None,
+            };
+            let out = run(setting, &setting.label(a.options.decode))?;
+            println!("{:.1} tokens/s", out.stats.tokens_per_second);
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! policy and commit rule. Presets for LLaDA-8B and Dream-7B reproduce the paper's figures
 //! (`examples/flops.rs`).
 
-use crate::cache::{DllmCacheConfig, Segment};
+use burn::tensor::{Device, Tensor};
+
+use crate::cache::{BlockInfo, CachePolicy, Probe, Refresh, Segment, StepInfo, unconditional_due};
 use crate::error::{Error, Result};
 use crate::flops::FlopCounter;
 use crate::model::dream::DreamConfig;
@@ -137,23 +139,30 @@ pub enum HeadRows {
     All,
 }
 
-/// FLOPs of a whole generation, computed from shapes and settings alone, following the same
-/// rules as the forward pass executes them: the result equals what a [`FlopCounter`] records
-/// for the same generation (batch 1 or more, equal prompt lengths, every step run).
+/// FLOPs of a whole generation, computed from shapes and settings alone by a dry run: the
+/// sampler's forwards are replayed with the step information it would pass, `policy` (reset
+/// first) plans every layer as it would, and each plan is costed by the executor's rules. The
+/// result equals what a [`FlopCounter`] records for the same generation (batch 1 or more,
+/// equal prompt lengths, every step run), for any policy.
 ///
-/// `policy` is `None` for [`NoCache`](crate::NoCache) or the settings of a
-/// [`DllmCache`](crate::DllmCache).
+/// A probe is offered to a policy that wants one as zeros of width 1: the dry run knows no
+/// values, so a policy's row count must not depend on them (dLLM-Cache's V-verify selects a
+/// fixed number of rows). Under the threshold and factor commit rules the number of steps per
+/// block depends on the data: pass the steps a run took (`GenerationStats::block_steps`) as
+/// `block_steps`; it is optional for the fixed schedule, and overrides it when given.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] if the sampler or policy settings are invalid, `prompt_len` or
-/// `batch` is 0, a size of `model` is 0, or a count would not fit in 64 bits.
+/// [`Error::InvalidArgument`] if the sampler settings are invalid, `prompt_len` or `batch` is 0,
+/// a size of `model` is 0, an adaptive rule comes without `block_steps`, or a count would not
+/// fit in 64 bits; [`Error::Policy`] if the policy plans what the executor would refuse.
 pub fn flops(
     model: &ModelShape,
     sampling: &Sampling,
-    policy: Option<&DllmCacheConfig>,
+    policy: &mut dyn CachePolicy,
     prompt_len: usize,
     batch: usize,
     head: HeadRows,
+    block_steps: Option<&[usize]>,
 ) -> Result<FlopCounter> {
     model.validate()?;
     if prompt_len == 0 || batch == 0 {
@@ -162,47 +171,124 @@ pub fn flops(
             "prompt length and batch must be positive",
         ));
     }
-    if let Some(p) = policy {
-        p.init()?;
-    }
     let p = prompt_len;
-    let mut total = FlopCounter::new();
-    // (steps, response length, LM head rows per conditional forward, guidance mode)
-    let (steps, g, head_rows, guidance) = match sampling {
+    // The blocks as the sampler walks them: (start, end) absolute, with their step counts.
+    struct Plan {
+        g: usize,
+        blocks: Vec<(usize, usize, usize)>,
+        /// Whether the sampler passes block information (LLaDA, Dream's block sampler).
+        blocked: bool,
+        head_rows: fn(usize, usize) -> usize,
+        guidance: Guidance,
+    }
+    let steps_of = |derived: Vec<usize>, adaptive: bool| -> Result<Vec<usize>> {
+        match block_steps {
+            Some(s) => Ok(s.to_vec()),
+            None if adaptive => Err(Error::invalid(
+                "block_steps",
+                "an adaptive commit rule needs the step counts of a run",
+            )),
+            None => Ok(derived),
+        }
+    };
+    let plan = match sampling {
         Sampling::Llada(c) => {
             c.init()?;
-            let guidance = match (c.cfg_scale > 0.0, policy) {
+            let n = c.block_length;
+            let blocks = c.gen_length / n;
+            let steps = steps_of(vec![c.steps / blocks; blocks], c.commit.is_adaptive())?;
+            let guidance = match (c.cfg_scale > 0.0, policy.guidance_interval()) {
                 (false, _) => Guidance::Off,
                 (true, None) => Guidance::Batched,
-                (true, Some(d)) => Guidance::Cached(d.cfg_interval),
+                (true, Some(k)) => Guidance::Cached(k),
             };
-            let rows = match guidance {
-                Guidance::Cached(_) => c.gen_length,
-                _ => c.block_length,
-            };
-            (c.steps, c.gen_length, rows, guidance)
+            Plan {
+                g: c.gen_length,
+                blocks: steps
+                    .into_iter()
+                    .take(blocks)
+                    .enumerate()
+                    .map(|(b, s)| (p + b * n, p + (b + 1) * n, s))
+                    .collect(),
+                blocked: true,
+                head_rows: if matches!(guidance, Guidance::Cached(_)) {
+                    |_, g| g
+                } else {
+                    |block, _| block
+                },
+                guidance,
+            }
         }
         Sampling::Dream(c) => {
             c.init()?;
-            (c.steps, c.max_new_tokens, c.max_new_tokens, Guidance::Off)
+            let g = c.max_new_tokens;
+            match c.block_length {
+                Some(n) => {
+                    let blocks = g / n;
+                    let per_block = c.steps / blocks;
+                    // The block start, then the inner steps; one step per block still runs an
+                    // inner forward (the official loop tests its end after the forward).
+                    let derived = if n == 1 { 1 } else { per_block.max(2) };
+                    let steps = steps_of(vec![derived; blocks], c.commit.is_adaptive())?;
+                    Plan {
+                        g,
+                        blocks: steps
+                            .into_iter()
+                            .take(blocks)
+                            .enumerate()
+                            .map(|(b, s)| (p + b * n, p + (b + 1) * n, s))
+                            .collect(),
+                        blocked: true,
+                        head_rows: |block, _| block,
+                        guidance: Guidance::Off,
+                    }
+                }
+                None => {
+                    let steps = steps_of(vec![c.steps], c.commit.is_adaptive())?;
+                    Plan {
+                        g,
+                        blocks: vec![(p, p + g, steps.iter().sum())],
+                        blocked: false,
+                        head_rows: |_, g| g,
+                        guidance: Guidance::Off,
+                    }
+                }
+            }
         }
     };
-    let head_rows = match head {
-        HeadRows::AsRun => head_rows,
-        HeadRows::All => p + g,
-    };
-    let cond_batch = match guidance {
+    let cond_batch = match plan.guidance {
         Guidance::Batched => 2 * batch,
         _ => batch,
     };
-    let mut uncond_forwards = 0;
-    for step in 0..steps {
-        total += forward_flops(model, policy, step, p, g, cond_batch, head_rows);
-        if let Guidance::Cached(interval) = guidance
-            && crate::cache::unconditional_due(step, interval)
-        {
-            total += forward_flops(model, policy, uncond_forwards, p, g, batch, head_rows);
-            uncond_forwards += 1;
+    let g = plan.g;
+    let mut cond = Replay::new(model, p, g, cond_batch);
+    let mut uncond_policy = match plan.guidance {
+        Guidance::Cached(_) => Some(policy.fork()),
+        _ => None,
+    };
+    let mut uncond = Replay::new(model, p, g, batch);
+    policy.reset();
+    let mut total = FlopCounter::new();
+    let mut step = 0;
+    for (index, &(lo, hi, steps)) in plan.blocks.iter().enumerate() {
+        let head_rows = match head {
+            HeadRows::AsRun => (plan.head_rows)(hi - lo, g),
+            HeadRows::All => p + g,
+        };
+        for i in 0..steps {
+            let mut info = StepInfo::new(cond.forwards, p, g);
+            if plan.blocked {
+                info = info.with_block(BlockInfo::new(index, lo, hi, i));
+            }
+            cond.forward(policy, info, head_rows, &mut total)?;
+            if let (Guidance::Cached(k), Some(un)) = (plan.guidance, uncond_policy.as_mut())
+                && unconditional_due(step, k)
+            {
+                let mut info = StepInfo::new(uncond.forwards, p, g);
+                info.block = plan.blocked.then(|| BlockInfo::new(index, lo, hi, i));
+                uncond.forward(un.as_mut(), info, head_rows, &mut total)?;
+            }
+            step += 1;
         }
     }
     if [total.linear, total.lm_head, total.attention].contains(&u64::MAX) {
@@ -221,71 +307,120 @@ enum Guidance {
     Cached(usize),
 }
 
-/// One forward pass at policy step `step`.
-fn forward_flops(
-    m: &ModelShape,
-    policy: Option<&DllmCacheConfig>,
-    step: usize,
+/// The dry run of the forwards that share one feature cache.
+struct Replay<'a> {
+    m: &'a ModelShape,
     p: usize,
     g: usize,
     batch: usize,
-    head_rows: usize,
-) -> FlopCounter {
-    let (d, kv, ff, hd, h) = (m.d_model, m.kv_dim(), m.d_ff, m.head_dim(), m.n_heads);
-    let l = p + g;
-    let mut c = FlopCounter::new();
-    let mut lin = |rows: usize, d_in: usize, d_out: usize| c.add_linear(batch * rows, d_in, d_out);
-    let mut attention_queries = Vec::with_capacity(m.n_layers);
-    for layer in 0..m.n_layers {
-        let (prompt_due, response_due) = match policy {
-            None => (true, true),
-            Some(cfg) => (
-                cfg.due(step, layer, Segment::Prompt),
-                cfg.due(step, layer, Segment::Response),
-            ),
+    /// Per layer, whether each segment has cached features.
+    cached: Vec<[bool; 2]>,
+    forwards: usize,
+    device: Device,
+}
+
+impl<'a> Replay<'a> {
+    fn new(m: &'a ModelShape, p: usize, g: usize, batch: usize) -> Self {
+        Self {
+            m,
+            p,
+            g,
+            batch,
+            cached: vec![[false; 2]; m.n_layers],
+            forwards: 0,
+            device: Device::default(),
+        }
+    }
+
+    /// One forward: every layer's plan costed as the executor runs it, then the LM head.
+    fn forward(
+        &mut self,
+        policy: &mut dyn CachePolicy,
+        info: StepInfo,
+        head_rows: usize,
+        c: &mut FlopCounter,
+    ) -> Result<()> {
+        let m = self.m;
+        let (d, kv, ff, hd, h) = (m.d_model, m.kv_dim(), m.d_ff, m.head_dim(), m.n_heads);
+        let (p, g, batch) = (self.p, self.g, self.batch);
+        let l = p + g;
+        let lin = |c: &mut FlopCounter, rows: usize, d_in: usize, d_out: usize| {
+            c.add_linear(batch * rows, d_in, d_out)
         };
-        let queries = if (p == 0 || prompt_due) && (g == 0 || response_due) {
-            lin(l, d, d);
-            lin(l, d, kv);
-            lin(l, d, kv);
-            l
-        } else {
-            let mut q = 0;
-            if prompt_due {
-                lin(p, d, d);
-                lin(p, d, kv);
-                lin(p, d, kv);
-                q += p;
+        policy.begin_step(&info);
+        let store = policy.stores_features();
+        for layer in 0..m.n_layers {
+            // Per segment: (length, rows recomputed, whether a probe computed the values).
+            let mut seg = [(p, 0usize, false, true); 2];
+            for (s, segment) in Segment::BOTH.into_iter().enumerate() {
+                let len = if s == 0 { p } else { g };
+                if len == 0 {
+                    seg[s] = (0, 0, false, true);
+                    continue;
+                }
+                let cached = self.cached[layer][s];
+                let probed = cached && policy.wants_probe(layer, segment);
+                let refresh = if probed {
+                    lin(c, len, d, kv);
+                    let zeros = Tensor::<3>::zeros([batch, len, 1], &self.device);
+                    let probe = Probe::new(&zeros, &zeros);
+                    policy.plan(layer, segment, Some(probe))?
+                } else {
+                    policy.plan(layer, segment, None)?
+                };
+                let (rows, all) = match &refresh {
+                    Refresh::All => (len, true),
+                    _ if !cached => {
+                        return Err(Error::Policy {
+                            layer,
+                            reason: format!(
+                                "asked to reuse {segment:?} features that were never cached"
+                            ),
+                        });
+                    }
+                    Refresh::Reuse => (0, false),
+                    Refresh::Rows(idx) => (idx.dims()[1].min(len), false),
+                    Refresh::Range(r) if r.start == 0 && r.end == len => (len, true),
+                    Refresh::Range(r) => (r.end.min(len).saturating_sub(r.start), false),
+                };
+                seg[s] = (len, rows, probed, all);
             }
-            if response_due {
-                lin(g, d, d);
-                lin(g, d, kv);
-                lin(g, d, kv);
-                q += g;
-            } else if let Some(cfg) = policy.filter(|c| c.refresh_ratio > 0.0) {
-                // V-verify: fresh values of every response row, then q and k of the chosen.
-                lin(g, d, kv);
-                let s = cfg.verified_rows(g);
-                if s > 0 {
-                    lin(s, d, d);
-                    lin(s, d, kv);
-                    q += s;
+            let full = seg.iter().all(|&(len, _, _, all)| len == 0 || all);
+            let queries = if full {
+                lin(c, l, d, d);
+                lin(c, l, d, kv);
+                lin(c, l, d, kv);
+                l
+            } else {
+                let mut q = 0;
+                for &(_, rows, probed, _) in &seg {
+                    if rows > 0 {
+                        lin(c, rows, d, d);
+                        lin(c, rows, d, kv);
+                        if !probed {
+                            lin(c, rows, d, kv);
+                        }
+                        q += rows;
+                    }
+                }
+                q
+            };
+            if queries > 0 {
+                lin(c, queries, d, d); // output projection
+                lin(c, queries, d, ff); // gate
+                lin(c, queries, d, ff); // up
+                lin(c, queries, ff, d); // down
+                c.add_attention(batch, h, queries, l, hd);
+            }
+            if store {
+                for (s, &(len, ..)) in seg.iter().enumerate() {
+                    self.cached[layer][s] |= len > 0;
                 }
             }
-            q
-        };
-        if queries > 0 {
-            lin(queries, d, d); // output projection
-            lin(queries, d, ff); // gate
-            lin(queries, d, ff); // up
-            lin(queries, ff, d); // down
         }
-        attention_queries.push(queries);
+        c.add_lm_head(batch * head_rows, d, m.vocab);
+        c.forwards += 1;
+        self.forwards += 1;
+        Ok(())
     }
-    for q in attention_queries.into_iter().filter(|&q| q > 0) {
-        c.add_attention(batch, h, q, l, hd);
-    }
-    c.add_lm_head(batch * head_rows, d, m.vocab);
-    c.forwards += 1;
-    c
 }

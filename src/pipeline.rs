@@ -20,14 +20,16 @@ use std::time::Duration;
 
 use burn::tensor::Device;
 
-use crate::cache::{CachePolicy, DllmCacheConfig, NoCache};
+use crate::cache::{CachePolicy, DllmCacheConfig, DualCache, NoCache, PrefixCache};
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
 use crate::estimate::{self, HeadRows, ModelShape, Sampling};
 use crate::flops::FlopCounter;
 use crate::model::dream::Dream;
 use crate::model::llada::Llada;
-use crate::sampler::{DreamAlg, DreamSamplerConfig, GenerationOutput, LladaSamplerConfig};
+use crate::sampler::{
+    CommitRule, DreamAlg, DreamSamplerConfig, GenerationOutput, LladaSamplerConfig,
+};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// A loaded model of either family.
@@ -93,6 +95,25 @@ pub enum CacheChoice {
     None,
     /// dLLM-Cache with these settings.
     Dllm(DllmCacheConfig),
+    /// Fast-dLLM's prefix cache.
+    Prefix,
+    /// Fast-dLLM's dual cache.
+    Dual,
+}
+
+impl CacheChoice {
+    /// The policy this choice names.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for invalid dLLM-Cache settings.
+    pub fn policy(&self) -> Result<Box<dyn CachePolicy>> {
+        Ok(match self {
+            CacheChoice::None => Box::new(NoCache),
+            CacheChoice::Dllm(c) => Box::new(c.init()?),
+            CacheChoice::Prefix => Box::new(PrefixCache::new()),
+            CacheChoice::Dual => Box::new(DualCache::new()),
+        })
+    }
 }
 
 /// Settings of one generation. `Default` gives 128 tokens in 128 greedy steps under
@@ -105,6 +126,7 @@ pub struct GenerateOptions {
     /// Denoising steps; `None` means one per token.
     pub steps: Option<usize>,
     /// LLaDA block length; `None` means 32 when it divides `max_new_tokens`, else one block.
+    /// Dream: `Some(n)` runs Fast-dLLM's block sampler with blocks of `n`, `None` Dream's own.
     pub block_length: Option<usize>,
     /// Sampling temperature; 0 is greedy.
     pub temperature: f64,
@@ -118,6 +140,8 @@ pub struct GenerateOptions {
     pub cfg_scale: f64,
     /// The cache policy.
     pub cache: CacheChoice,
+    /// How many candidates a step commits (fixed schedule, Fast-dLLM threshold or factor).
+    pub commit: CommitRule,
     /// Seed for every random draw.
     pub seed: u64,
     /// Stop as soon as the committed prefix of the response reaches EOS or end-of-turn (the
@@ -137,6 +161,7 @@ impl Default for GenerateOptions {
             alg: DreamAlg::Entropy,
             cfg_scale: 0.0,
             cache: CacheChoice::Dllm(DllmCacheConfig::new()),
+            commit: CommitRule::Schedule,
             seed: 0,
             stop_at_eos: true,
         }
@@ -198,6 +223,12 @@ impl GenerateOptions {
         self
     }
 
+    /// Sets `commit`: the commit rule.
+    pub fn with_commit(mut self, commit: CommitRule) -> Self {
+        self.commit = commit;
+        self
+    }
+
     /// Sets `seed`: seed for every random draw.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -223,6 +254,8 @@ pub struct CompletionStats {
     pub generated_positions: usize,
     /// Denoising steps run.
     pub steps: usize,
+    /// Model forwards run (NFE; more than `steps` with separate guidance passes).
+    pub forwards: usize,
     /// FLOPs executed.
     pub flops: FlopCounter,
     /// Total FLOPs the same steps would have cost without a cache, minus those executed.
@@ -399,10 +432,7 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        let mut policy: Box<dyn CachePolicy> = match &o.cache {
-            CacheChoice::None => Box::new(NoCache),
-            CacheChoice::Dllm(c) => Box::new(c.init()?),
-        };
+        let mut policy = o.cache.policy()?;
         let sampling = match &self.model {
             Model::Llada(_) => {
                 let block = o
@@ -416,6 +446,7 @@ impl Pipeline {
                         .with_temperature(o.temperature)
                         .with_cfg_scale(o.cfg_scale)
                         .with_logits_eos_inf(false)
+                        .with_commit(o.commit)
                         .with_seed(o.seed)
                         .with_stop_tokens(stop_at.clone()),
                 )
@@ -428,6 +459,8 @@ impl Pipeline {
                     .with_temperature(o.temperature)
                     .with_top_p(o.top_p)
                     .with_top_k(o.top_k)
+                    .with_block_length(o.block_length)
+                    .with_commit(o.commit)
                     .with_seed(o.seed)
                     .with_stop_tokens(stop_at.clone()),
             ),
@@ -480,16 +513,16 @@ impl Pipeline {
         let tokens = response[..keep].to_vec();
         let text = self.tokenizer.decode(&tokens, true)?;
         let s = &out.stats;
+        // What the same steps would have cost without a cache.
         let uncached = estimate::flops(
             &self.model.shape(),
             &sampling,
-            None,
+            &mut NoCache,
             prompt.len(),
             1,
             HeadRows::AsRun,
+            Some(&s.block_steps),
         )?;
-        let uncached_run =
-            uncached.total() as f64 * s.forwards.max(1) as f64 / uncached.forwards.max(1) as f64;
         Ok(Completion {
             text,
             stats: CompletionStats {
@@ -497,8 +530,9 @@ impl Pipeline {
                 completion_tokens: tokens.len(),
                 generated_positions: g,
                 steps: s.steps,
+                forwards: s.forwards,
                 flops: s.flops,
-                flops_saved: (uncached_run as u64).saturating_sub(s.flops.total()),
+                flops_saved: uncached.total().saturating_sub(s.flops.total()),
                 cache_bytes: s.peak_cache_bytes,
                 wall_time: s.wall_time,
                 tokens_per_second: s.tokens_per_second(g),

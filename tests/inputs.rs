@@ -853,8 +853,17 @@ fn bad_inputs_return_their_exact_error() {
                 use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
                 let shape = ModelShape::new(1 << 20, 16, 16, 1 << 12, 1 << 22, 1 << 20);
                 let sampling = Sampling::Llada(sampler(1 << 12, 1 << 12, 1 << 12));
-                estimate::flops(&shape, &sampling, None, 1 << 20, 1 << 10, HeadRows::All)
-                    .map(|_| ())
+                let mut none = dllm_cache::NoCache;
+                estimate::flops(
+                    &shape,
+                    &sampling,
+                    &mut none,
+                    1 << 20,
+                    1 << 10,
+                    HeadRows::All,
+                    None,
+                )
+                .map(|_| ())
             }),
             |e| matches!(e, Error::InvalidArgument { name: "model", reason } if reason.contains("64 bits")),
         ),
@@ -864,7 +873,8 @@ fn bad_inputs_return_their_exact_error() {
                 use dllm_cache::estimate::{self, HeadRows, ModelShape, Sampling};
                 let shape = ModelShape::new(64, 0, 0, 2, 128, 320);
                 let sampling = Sampling::Llada(sampler(8, 8, 8));
-                estimate::flops(&shape, &sampling, None, 4, 1, HeadRows::All).map(|_| ())
+                let mut none = dllm_cache::NoCache;
+                estimate::flops(&shape, &sampling, &mut none, 4, 1, HeadRows::All, None).map(|_| ())
             }),
             |e| matches!(e, Error::InvalidArgument { name: "model", .. }),
         ),

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
-use dllm_cache::cache::{CachePolicy, FeatureCache, Probe, Refresh, Segment};
+use dllm_cache::cache::{
+    BlockInfo, CachePolicy, DualCache, FeatureCache, PrefixCache, Probe, Refresh, Segment,
+};
+use dllm_cache::sampler::CommitRule;
 use dllm_cache::{
     Denoiser, DllmCacheConfig, Dream, DreamAlg, DreamSamplerConfig, Error, FlopCounter, Llada,
     LladaSamplerConfig, NoCache, StepContext, StepInfo,
@@ -22,6 +25,9 @@ struct Contract {
     name: &'static str,
     typical: Typical,
     always_refresh: fn() -> Policy,
+    /// Whether `always_refresh` refreshes everything only when every step starts a block (the
+    /// block caches, which have no settings): its generations then run with one-token blocks.
+    by_blocks: bool,
     invalid: fn() -> Vec<(&'static str, dllm_cache::Result<Policy>)>,
 }
 
@@ -37,6 +43,7 @@ fn contracts() -> Vec<Contract> {
             name: "none",
             typical: || vec![Box::new(NoCache)],
             always_refresh: || Box::new(NoCache),
+            by_blocks: false,
             invalid: Vec::new,
         },
         Contract {
@@ -62,6 +69,7 @@ fn contracts() -> Vec<Contract> {
                     .with_refresh_ratio(0.0);
                 boxed(c.init()).unwrap()
             },
+            by_blocks: false,
             invalid: || {
                 let d = DllmCacheConfig::new();
                 vec![
@@ -89,6 +97,20 @@ fn contracts() -> Vec<Contract> {
                 ]
             },
         },
+        Contract {
+            name: "prefix",
+            typical: || vec![Box::new(PrefixCache::new())],
+            always_refresh: || Box::new(PrefixCache::new()),
+            by_blocks: true,
+            invalid: Vec::new,
+        },
+        Contract {
+            name: "dual",
+            typical: || vec![Box::new(DualCache::new())],
+            always_refresh: || Box::new(DualCache::new()),
+            by_blocks: true,
+            invalid: Vec::new,
+        },
     ]
 }
 
@@ -110,9 +132,31 @@ fn make(typical: Typical, i: usize) -> Policy {
     (typical)().swap_remove(i)
 }
 
-/// Runs a model's own sampler: (model, policy, guidance scale, steps = tokens) -> result.
-type Runner =
-    fn(&dyn Denoiser, &mut dyn CachePolicy, f64, usize) -> dllm_cache::Result<Vec<Vec<u32>>>;
+/// How a runner drives its sampler.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// Guidance scale (LLaDA).
+    cfg: f64,
+    /// Tokens, and steps under the schedule.
+    n: usize,
+    rule: CommitRule,
+    /// Blocks of one token: every step is the first step of its block.
+    one_token_blocks: bool,
+}
+
+impl Mode {
+    fn new(cfg: f64, n: usize) -> Self {
+        Self {
+            cfg,
+            n,
+            rule: CommitRule::Schedule,
+            one_token_blocks: false,
+        }
+    }
+}
+
+/// Runs a model's own sampler for a batch of two prompts.
+type Runner = fn(&dyn Denoiser, &mut dyn CachePolicy, Mode) -> dllm_cache::Result<Vec<Vec<u32>>>;
 
 /// A model under contract with the sampler that drives it.
 struct Subject {
@@ -126,28 +170,38 @@ struct Subject {
 fn run_llada(
     m: &dyn Denoiser,
     p: &mut dyn CachePolicy,
-    cfg: f64,
-    n: usize,
+    mode: Mode,
 ) -> dllm_cache::Result<Vec<Vec<u32>>> {
+    let n = mode.n;
     let sampler = LladaSamplerConfig::new()
         .with_steps(n)
         .with_gen_length(n)
-        .with_block_length(n / 2)
-        .with_cfg_scale(cfg)
+        .with_block_length(if mode.one_token_blocks { 1 } else { n / 2 })
+        .with_cfg_scale(mode.cfg)
+        .with_commit(mode.rule)
         .init()?;
     Ok(sampler.generate(m, &prompts(2, 10), p)?.sequences)
 }
 
+/// Dream's own sampler under the schedule; Fast-dLLM's block sampler for one-token blocks and
+/// under the adaptive rules.
 fn run_dream(
     m: &dyn Denoiser,
     p: &mut dyn CachePolicy,
-    _cfg: f64,
-    n: usize,
+    mode: Mode,
 ) -> dllm_cache::Result<Vec<Vec<u32>>> {
+    let n = mode.n;
+    let block = match (mode.one_token_blocks, mode.rule.is_adaptive()) {
+        (true, _) => Some(1),
+        (false, true) => Some(n / 2),
+        (false, false) => None,
+    };
     let sampler = DreamSamplerConfig::new()
         .with_steps(n)
         .with_max_new_tokens(n)
         .with_alg(DreamAlg::Entropy)
+        .with_block_length(block)
+        .with_commit(mode.rule)
         .init()?;
     Ok(sampler.generate(m, &prompts(2, 10), p)?.sequences)
 }
@@ -191,10 +245,19 @@ fn prompts(batch: usize, len: usize) -> Vec<Vec<u32>> {
 
 /// A 16-token generation for a batch of two.
 fn generate(subject: &Subject, policy: &mut dyn CachePolicy, cfg: f64) -> Vec<Vec<u32>> {
-    (subject.run)(subject.model.as_ref(), policy, cfg, 16).expect("generation runs")
+    generate_in(subject, policy, Mode::new(cfg, 16))
 }
 
-fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -> Vec<Vec<f32>> {
+fn generate_in(subject: &Subject, policy: &mut dyn CachePolicy, mode: Mode) -> Vec<Vec<u32>> {
+    (subject.run)(subject.model.as_ref(), policy, mode).expect("generation runs")
+}
+
+fn logits_of(
+    model: &dyn Denoiser,
+    policy: &mut dyn CachePolicy,
+    steps: usize,
+    one_token_blocks: bool,
+) -> Vec<Vec<f32>> {
     let device = model.device();
     let mask = model.special_tokens().mask as i64;
     let mut cache = FeatureCache::new();
@@ -212,7 +275,10 @@ fn logits_of(model: &dyn Denoiser, policy: &mut dyn CachePolicy, steps: usize) -
             }
         }));
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(row, [1, 32]), &device);
-        let info = StepInfo::new(index, 12, 20);
+        let mut info = StepInfo::new(index, 12, 20);
+        if one_token_blocks {
+            info = info.with_block(BlockInfo::new(index, 12 + index, 13 + index, 0));
+        }
         let mut ctx = StepContext::new(info, policy, &mut cache, &mut flops);
         let logits = model.forward(tokens, &mut ctx).expect("forward");
         out.push(logits.try_into_vec_as::<f32>().unwrap());
@@ -225,22 +291,56 @@ fn always_refresh_equals_no_cache_bit_for_bit() {
     let device = Device::default();
     for subject in models(&device) {
         let model = subject.model.as_ref();
-        let b = logits_of(model, &mut NoCache, 6);
         for contract in contracts() {
             let name = format!("{}/{}", subject.name, contract.name);
+            let by_blocks = contract.by_blocks;
             let mut always = (contract.always_refresh)();
             assert_eq!(
-                logits_of(model, always.as_mut(), 6),
-                b,
+                logits_of(model, always.as_mut(), 6, by_blocks),
+                logits_of(model, &mut NoCache, 6, by_blocks),
                 "{name}: always-refresh settings must equal NoCache exactly"
             );
             // Same for whole generations, with and without guidance.
             for &cfg in guidance_scales(&subject) {
+                let mode = Mode {
+                    one_token_blocks: by_blocks,
+                    ..Mode::new(cfg, 16)
+                };
                 assert_eq!(
-                    generate(&subject, always.as_mut(), cfg),
-                    generate(&subject, &mut NoCache, cfg),
+                    generate_in(&subject, always.as_mut(), mode),
+                    generate_in(&subject, &mut NoCache, mode),
                     "{name} cfg {cfg}"
                 );
+            }
+        }
+    }
+}
+
+/// Every policy works with every commit rule on both models: the generation completes, and
+/// running it again with the same policy value gives the same tokens.
+#[test]
+fn every_policy_works_with_every_commit_rule() {
+    let device = Device::default();
+    for subject in models(&device) {
+        let mask = subject.model.special_tokens().mask;
+        for (name, typical, i) in all_typical() {
+            for rule in [
+                CommitRule::Schedule,
+                CommitRule::Threshold(0.3),
+                CommitRule::Factor(1.0),
+            ] {
+                let at = format!("{}/{name} {rule}", subject.name);
+                let mode = Mode {
+                    rule,
+                    ..Mode::new(0.0, 16)
+                };
+                let mut policy = make(typical, i);
+                let first = generate_in(&subject, policy.as_mut(), mode);
+                assert!(
+                    first.iter().all(|r| !r[10..].contains(&mask)),
+                    "{at}: masks left {first:?}"
+                );
+                assert_eq!(generate_in(&subject, policy.as_mut(), mode), first, "{at}");
             }
         }
     }
@@ -257,8 +357,8 @@ fn caching_policies_actually_reuse() {
             .with_response_interval(2)
             .init()
             .unwrap();
-        let a = logits_of(model.as_ref(), &mut cached, 6);
-        let b = logits_of(model.as_ref(), &mut NoCache, 6);
+        let a = logits_of(model.as_ref(), &mut cached, 6, false);
+        let b = logits_of(model.as_ref(), &mut NoCache, 6, false);
         assert_eq!(
             a[0], b[0],
             "{name}: the first step is always a full refresh"
@@ -300,7 +400,11 @@ fn concurrent_generations_on_one_model_match_sequential_ones() {
                 std::thread::spawn(move || {
                     (
                         name,
-                        run(model.as_ref(), make(typical, i).as_mut(), 0.0, 16),
+                        run(
+                            model.as_ref(),
+                            make(typical, i).as_mut(),
+                            Mode::new(0.0, 16),
+                        ),
                     )
                 })
             })
@@ -449,7 +553,7 @@ fn rule_breaking_plans_are_errors_not_panics() {
                 };
                 let at = format!("{}/{name} {breach:?}", subject.name);
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (subject.run)(subject.model.as_ref(), &mut policy, 0.0, 8)
+                    (subject.run)(subject.model.as_ref(), &mut policy, Mode::new(0.0, 8))
                 }));
                 match result {
                     Ok(Err(Error::Policy { layer: 1, reason })) if reason.contains(needle) => {}
@@ -504,7 +608,7 @@ fn stress_shared_model_from_four_threads() {
         let run = |model: &dyn Denoiser, run: Runner, (p, cfg): (usize, f64)| {
             let (_, typical, i) = all_typical().swap_remove(p);
             let mut policy = make(typical, i);
-            run(model, policy.as_mut(), cfg, 16).expect("generation runs")
+            run(model, policy.as_mut(), Mode::new(cfg, 16)).expect("generation runs")
         };
         let sequential: Vec<_> = jobs
             .iter()

@@ -186,6 +186,13 @@ pub struct Probe<'a> {
     pub cached_v: &'a Tensor<3>,
 }
 
+impl<'a> Probe<'a> {
+    /// A probe of fresh and cached values, `[batch, rows, kv_dim]` each.
+    pub fn new(fresh_v: &'a Tensor<3>, cached_v: &'a Tensor<3>) -> Self {
+        Self { fresh_v, cached_v }
+    }
+}
+
 /// Decides which features each layer recomputes. See the [module docs](self).
 ///
 /// Object-safe and `Send`: samplers take `&mut dyn CachePolicy`, and a generation can move to
