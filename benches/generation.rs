@@ -9,8 +9,9 @@
 //!
 //! Every benchmark reports its FLOPs (full total, attention included) as criterion throughput,
 //! so `thrpt` reads as FLOP/s ("elem/s"). Names say `<kind>/<backend>/<policy>/prompt-<len>`.
-//! A cached "step" is a typical step between refreshes (prompt reused, response V-verified),
-//! measured from a cache filled by a full first step.
+//! A cached "step" is a typical step between refreshes (dLLM-Cache: prompt reused, response
+//! V-verified; the block caches: inside the first block of 16), measured from a cache filled by
+//! a full first step.
 
 use std::time::Duration;
 
@@ -19,12 +20,14 @@ use criterion::{
 };
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
 use dllm_cache::{
-    CachePolicy, Denoiser, DllmCacheConfig, FeatureCache, FlopCounter, Llada, LladaConfig,
-    LladaSamplerConfig, NoCache, StepContext, StepInfo,
+    BlockInfo, CachePolicy, Denoiser, DllmCacheConfig, DualCache, FeatureCache, FlopCounter, Llada,
+    LladaConfig, LladaSamplerConfig, NoCache, PrefixCache, StepContext, StepInfo,
 };
 
 const PROMPTS: [usize; 3] = [64, 256, 1024];
 const GEN: usize = 32;
+/// The block of the step benchmark and of whole generations.
+const BLOCK: usize = 16;
 
 fn backend() -> &'static str {
     if cfg!(feature = "x86-v4") {
@@ -40,7 +43,7 @@ fn model(device: &Device) -> Llada {
 
 type MakePolicy = fn() -> Box<dyn CachePolicy>;
 
-fn policies() -> [(&'static str, MakePolicy); 3] {
+fn policies() -> [(&'static str, MakePolicy); 5] {
     [
         ("none", || Box::new(NoCache)),
         ("dllm-100-7-0.25", || {
@@ -55,6 +58,8 @@ fn policies() -> [(&'static str, MakePolicy); 3] {
                     .unwrap(),
             )
         }),
+        ("prefix", || Box::new(PrefixCache::new())),
+        ("dual", || Box::new(DualCache::new())),
     ]
 }
 
@@ -72,7 +77,8 @@ fn step(
     index: usize,
 ) -> FlopCounter {
     let mut flops = FlopCounter::new();
-    let info = StepInfo::new(index, p, GEN);
+    // Inside the first block of `BLOCK` rows: step 0 refreshes, later steps reuse.
+    let info = StepInfo::new(index, p, GEN).with_block(BlockInfo::new(0, p, p + BLOCK, index));
     let mut ctx = StepContext::new(info, policy, cache, &mut flops).with_logit_rows(p..p + GEN);
     model.forward(tokens.clone(), &mut ctx).expect("forward");
     flops
@@ -134,7 +140,7 @@ fn bench_generation(c: &mut Criterion) {
     let sampler = LladaSamplerConfig::new()
         .with_steps(GEN)
         .with_gen_length(GEN)
-        .with_block_length(GEN / 2)
+        .with_block_length(BLOCK)
         .init()
         .unwrap();
     let mut group = c.benchmark_group(format!("generate/{}", backend()));

@@ -1,9 +1,12 @@
-//! Diffusion LLMs (LLaDA, Dream) on burn, with training-free adaptive feature caching.
+//! Diffusion LLMs (LLaDA, Dream) on burn, with training-free acceleration.
 //!
 //! A diffusion LLM generates by iterative unmasking: the response starts as `[MASK]` tokens and
 //! every step runs the whole prompt+response through a bidirectional transformer, committing a
 //! few confident tokens. [dLLM-Cache](https://arxiv.org/abs/2506.06295) (Liu et al.) caches
-//! every layer's keys, values, attention output and FFN output and recomputes only what moved.
+//! every layer's keys, values, attention output and FFN output and recomputes only what moved;
+//! [Fast-dLLM](https://arxiv.org/abs/2505.22618) (Wu et al.) commits several confident tokens
+//! per step and caches keys and values block by block. Both are here, token-exact with their
+//! official code, and combine freely: any [`CachePolicy`] with any [`CommitRule`].
 //!
 //! The pieces:
 //!
@@ -13,7 +16,8 @@
 //! | models (burn modules, loaded from Hugging Face folders) | [`Llada`], [`LladaConfig`], [`Dream`], [`DreamConfig`] |
 //! | what a sampler needs from a model | [`Denoiser`], [`StepContext`], [`StepInfo`] |
 //! | samplers | [`LladaSamplerConfig`] -> [`LladaSampler`], [`DreamSamplerConfig`] -> [`DreamSampler`], [`GenerationOutput`], [`StepEvent`] |
-//! | cache policies | [`CachePolicy`], [`NoCache`], [`DllmCacheConfig`] -> [`DllmCache`], [`FeatureCache`] |
+//! | cache policies | [`CachePolicy`], [`NoCache`], [`DllmCacheConfig`] -> [`DllmCache`], [`PrefixCache`], [`DualCache`], [`FeatureCache`] |
+//! | commit rules (fixed schedule, Fast-dLLM threshold and factor) | [`CommitRule`] |
 //! | accounting | [`FlopCounter`], [`GenerationStats`], [`estimate::flops`] |
 //! | errors | [`Error`], [`Result`] |
 //!
@@ -62,7 +66,10 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use backend::{available_devices, device_from_name};
-pub use cache::{CachePolicy, DllmCache, DllmCacheConfig, FeatureCache, NoCache, StepInfo};
+pub use cache::{
+    BlockInfo, CachePolicy, DllmCache, DllmCacheConfig, DualCache, FeatureCache, NoCache,
+    PrefixCache, StepInfo,
+};
 pub use denoiser::{Denoiser, LayerTrace, RowsTrace, SpecialTokens, StepContext};
 pub use error::{Error, Result};
 pub use flops::FlopCounter;
@@ -71,8 +78,8 @@ pub use model::llada::{Llada, LladaConfig};
 pub use pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline, StreamEvent};
 pub use rng::SplitMix64;
 pub use sampler::{
-    Commit, DreamAlg, DreamSampler, DreamSamplerConfig, GenerationOutput, GenerationStats,
-    LladaSampler, LladaSamplerConfig, Remasking, StepEvent,
+    Commit, CommitRule, DreamAlg, DreamSampler, DreamSamplerConfig, GenerationOutput,
+    GenerationStats, LladaSampler, LladaSamplerConfig, Remasking, StepEvent,
 };
 pub use tokenizer::{ChatMessage, Tokenizer};
 

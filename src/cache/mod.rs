@@ -3,9 +3,15 @@
 //! A denoising step runs the whole prompt+response through every layer. A [`CachePolicy`] looks
 //! at each layer of each step and answers, separately for the prompt rows and the response rows
 //! (the two [`Segment`]s): recompute every row ([`Refresh::All`]), reuse the cached features
-//! ([`Refresh::Reuse`]) or recompute only some rows ([`Refresh::Rows`]). Before answering it may
-//! ask for a [`Probe`]: the fresh value projection of every row of the segment next to the
-//! cached one, which is what dLLM-Cache's V-verify compares.
+//! ([`Refresh::Reuse`]) or recompute only some rows ([`Refresh::Rows`], or a contiguous
+//! [`Refresh::Range`]). Before answering it may ask for a [`Probe`]: the fresh value projection
+//! of every row of the segment next to the cached one, which is what dLLM-Cache's V-verify
+//! compares. [`StepInfo`] tells it where the forward stands, including the sampler's block
+//! ([`BlockInfo`]) when it decodes in blocks.
+//!
+//! The policies: [`NoCache`], [`DllmCache`] (dLLM-Cache), [`PrefixCache`] and [`DualCache`]
+//! (Fast-dLLM's block caches); see `docs/cache-policies.md` for what each recomputes, its cost
+//! and which combinations with the commit rules reproduce official code.
 //!
 //! The transformer block executes the answer at both its attention and its FFN site, the same
 //! way for every policy and every architecture:

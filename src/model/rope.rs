@@ -41,13 +41,15 @@ impl Rope {
         for row in positions {
             for &p in row {
                 let p = p as f32;
-                for _ in 0..2 {
-                    for &f in &inv_freq {
-                        let a = p * f;
-                        cos.push(a.cos());
-                        sin.push(a.sin());
-                    }
+                // Each angle once; the second half of the head repeats the first.
+                let start = cos.len();
+                for &f in &inv_freq {
+                    let a = p * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
                 }
+                cos.extend_from_within(start..start + half);
+                sin.extend_from_within(start..start + half);
             }
         }
         let shape = [rows, seq, 1, head_dim];
