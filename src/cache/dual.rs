@@ -5,7 +5,7 @@
 //! prompt, finished blocks, and the still-masked blocks after this one) is reused from the
 //! block-start forward.
 
-use super::prefix::block_of;
+use super::prefix::{block_of, block_plan};
 use super::{CachePolicy, Probe, Refresh, Segment, StepInfo};
 use crate::error::Result;
 
@@ -37,11 +37,7 @@ impl CachePolicy for DualCache {
     }
 
     fn plan(&mut self, _layer: usize, segment: Segment, _: Option<Probe<'_>>) -> Result<Refresh> {
-        Ok(match (self.recompute, segment) {
-            (None, _) => Refresh::All,
-            (Some(_), Segment::Prompt) => Refresh::Reuse,
-            (Some((start, end)), Segment::Response) => Refresh::Range(start..end),
-        })
+        Ok(block_plan(self.recompute, segment))
     }
 
     fn reset(&mut self) {

@@ -22,6 +22,16 @@ impl PrefixCache {
     }
 }
 
+/// The plan of a block cache: everything at a block start (`recompute` is `None`), else the
+/// prompt reused and the response rows `recompute` (segment-relative) recomputed.
+pub(super) fn block_plan(recompute: Option<(usize, usize)>, segment: Segment) -> Refresh {
+    match (recompute, segment) {
+        (None, _) => Refresh::All,
+        (Some(_), Segment::Prompt) => Refresh::Reuse,
+        (Some((start, end)), Segment::Response) => Refresh::Range(start..end),
+    }
+}
+
 /// The block of `step`, or the whole response when the sampler has no blocks.
 pub(super) fn block_of(step: &StepInfo) -> BlockInfo {
     step.block.unwrap_or(BlockInfo::new(
@@ -45,11 +55,7 @@ impl CachePolicy for PrefixCache {
     }
 
     fn plan(&mut self, _layer: usize, segment: Segment, _: Option<Probe<'_>>) -> Result<Refresh> {
-        Ok(match (self.recompute, segment) {
-            (None, _) => Refresh::All,
-            (Some(_), Segment::Prompt) => Refresh::Reuse,
-            (Some((start, end)), Segment::Response) => Refresh::Range(start..end),
-        })
+        Ok(block_plan(self.recompute, segment))
     }
 
     fn reset(&mut self) {
