@@ -252,6 +252,9 @@ pub struct CompletionStats {
     pub completion_tokens: usize,
     /// Positions generated (the response length asked for).
     pub generated_positions: usize,
+    /// Rows of the batch this completion ran in: the step, forward, FLOPs, cache and time
+    /// figures below are the batch's.
+    pub batch_size: usize,
     /// Denoising steps run.
     pub steps: usize,
     /// Model forwards run (NFE; more than `steps` with separate guidance passes).
@@ -418,7 +421,35 @@ impl Pipeline {
         options: &GenerateOptions,
         on_text: &mut OnText<'_>,
     ) -> Result<Completion> {
-        if prompt.is_empty() {
+        let mut completions = self.generate_batch_ids(
+            std::slice::from_ref(&prompt.to_vec()),
+            options,
+            &mut |_, event| on_text(event),
+        )?;
+        completions
+            .pop()
+            .ok_or_else(|| Error::Backend("a batch of one returned no completion".into()))
+    }
+
+    /// Generates after several tokenized prompts at once, as one batch (prompts may differ in
+    /// length; at temperature 0 each row gets what it would get alone). `on_text(row, event)`
+    /// streams each row's text; returning [`ControlFlow::Break`] stops that row (it commits
+    /// nothing more and its completion keeps what it had), and the generation ends when every
+    /// row has stopped or finished. The returned stats are the batch's (`batch_size` rows).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty batch or prompt or invalid options; tokenizer
+    /// and generation errors.
+    pub fn generate_batch_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(usize, &StreamEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Vec<Completion>> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompts", "the batch is empty"));
+        }
+        if prompts.iter().any(Vec::is_empty) {
             return Err(Error::invalid("prompt", "the prompt is empty"));
         }
         let o = options;
@@ -426,14 +457,102 @@ impl Pipeline {
         let mask = denoiser.special_tokens().mask;
         let stop = self.stop_tokens();
         let g = o.max_new_tokens;
-        let steps = o.steps.unwrap_or(g);
-        let stop_at = if o.stop_at_eos {
-            stop.clone()
-        } else {
-            Vec::new()
-        };
+        let sampling = self.sampling(o, if o.stop_at_eos { &stop } else { &[] });
         let mut policy = o.cache.policy()?;
-        let sampling = match &self.model {
+        let rows = prompts.len();
+        let mut decoders: Vec<_> = (0..rows)
+            .map(|_| self.tokenizer.incremental_decoder(mask, stop.clone()))
+            .collect();
+        let mut stream_err = None;
+        let mut stopped_at_eos = vec![false; rows];
+        let mut on_step = |event: &crate::sampler::StepEvent<'_>| {
+            for (r, decoder) in decoders.iter_mut().enumerate() {
+                if event.is_row_stopped(r) {
+                    continue;
+                }
+                let response = &event.sequences[r][event.prompt_len..];
+                let piece = match decoder.push(response) {
+                    Ok(piece) => piece,
+                    Err(e) => {
+                        stream_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                };
+                let stream = StreamEvent {
+                    text: &piece,
+                    step: event.step,
+                    total_steps: event.total_steps,
+                };
+                if on_text(r, &stream).is_break() {
+                    event.stop_row(r);
+                    continue;
+                }
+                if o.stop_at_eos && crate::sampler::row_finished(response, mask, &stop) {
+                    stopped_at_eos[r] = event.step + 1 < event.total_steps;
+                }
+            }
+            ControlFlow::Continue(())
+        };
+        let out: GenerationOutput = match (&self.model, &sampling) {
+            (Model::Llada(m), Sampling::Llada(c)) => {
+                c.init()?
+                    .generate_with(m, prompts, policy.as_mut(), &mut on_step)?
+            }
+            (Model::Dream(m), Sampling::Dream(c)) => {
+                c.init()?
+                    .generate_with(m, prompts, policy.as_mut(), &mut on_step)?
+            }
+            _ => return Err(Error::Backend("sampler and model families differ".into())),
+        };
+        if let Some(e) = stream_err {
+            return Err(e);
+        }
+        let s = &out.stats;
+        // What the same steps would have cost without a cache.
+        let uncached = estimate::flops(
+            &self.model.shape(),
+            &sampling,
+            &mut NoCache,
+            out.prompt_len,
+            rows,
+            HeadRows::AsRun,
+            Some(&s.block_steps),
+        )?;
+        (0..rows)
+            .map(|r| {
+                let response = out.response(r);
+                let keep = response
+                    .iter()
+                    .position(|t| stop.contains(t) || *t == mask)
+                    .unwrap_or(response.len());
+                let tokens = response[..keep].to_vec();
+                Ok(Completion {
+                    text: self.tokenizer.decode(&tokens, true)?,
+                    stats: CompletionStats {
+                        prompt_tokens: prompts[r].len(),
+                        completion_tokens: tokens.len(),
+                        generated_positions: g,
+                        batch_size: rows,
+                        steps: s.steps,
+                        forwards: s.forwards,
+                        flops: s.flops,
+                        flops_saved: uncached.total().saturating_sub(s.flops.total()),
+                        cache_bytes: s.peak_cache_bytes,
+                        wall_time: s.wall_time,
+                        tokens_per_second: s.tokens_per_second(g),
+                        stopped_at_eos: stopped_at_eos[r],
+                    },
+                    tokens,
+                })
+            })
+            .collect()
+    }
+
+    /// The sampler settings `options` give for this model, stopping at `stop`.
+    fn sampling(&self, o: &GenerateOptions, stop: &[u32]) -> Sampling {
+        let g = o.max_new_tokens;
+        let steps = o.steps.unwrap_or(g);
+        match &self.model {
             Model::Llada(_) => {
                 let block = o
                     .block_length
@@ -448,7 +567,7 @@ impl Pipeline {
                         .with_logits_eos_inf(false)
                         .with_commit(o.commit)
                         .with_seed(o.seed)
-                        .with_stop_tokens(stop_at.clone()),
+                        .with_stop_tokens(stop.to_vec()),
                 )
             }
             Model::Dream(_) => Sampling::Dream(
@@ -462,84 +581,9 @@ impl Pipeline {
                     .with_block_length(o.block_length)
                     .with_commit(o.commit)
                     .with_seed(o.seed)
-                    .with_stop_tokens(stop_at.clone()),
+                    .with_stop_tokens(stop.to_vec()),
             ),
-        };
-        let mut decoder = self.tokenizer.incremental_decoder(mask, stop.clone());
-        let mut stream_err = None;
-        let mut stopped_at_eos = false;
-        let prompts = [prompt.to_vec()];
-        let mut on_step = |event: &crate::sampler::StepEvent<'_>| {
-            let response = &event.sequences[0][event.prompt_len..];
-            let piece = match decoder.push(response) {
-                Ok(piece) => piece,
-                Err(e) => {
-                    stream_err = Some(e);
-                    return ControlFlow::Break(());
-                }
-            };
-            let stream = StreamEvent {
-                text: &piece,
-                step: event.step,
-                total_steps: event.total_steps,
-            };
-            if on_text(&stream).is_break() {
-                return ControlFlow::Break(());
-            }
-            if o.stop_at_eos && crate::sampler::row_finished(response, mask, &stop) {
-                stopped_at_eos = event.step + 1 < event.total_steps;
-            }
-            ControlFlow::Continue(())
-        };
-        let out: GenerationOutput = match (&self.model, &sampling) {
-            (Model::Llada(m), Sampling::Llada(c)) => {
-                c.init()?
-                    .generate_with(m, &prompts, policy.as_mut(), &mut on_step)?
-            }
-            (Model::Dream(m), Sampling::Dream(c)) => {
-                c.init()?
-                    .generate_with(m, &prompts, policy.as_mut(), &mut on_step)?
-            }
-            _ => unreachable!("sampling is built from the model kind above"),
-        };
-        if let Some(e) = stream_err {
-            return Err(e);
         }
-        let response = out.response(0);
-        let keep = response
-            .iter()
-            .position(|t| stop.contains(t) || *t == mask)
-            .unwrap_or(response.len());
-        let tokens = response[..keep].to_vec();
-        let text = self.tokenizer.decode(&tokens, true)?;
-        let s = &out.stats;
-        // What the same steps would have cost without a cache.
-        let uncached = estimate::flops(
-            &self.model.shape(),
-            &sampling,
-            &mut NoCache,
-            prompt.len(),
-            1,
-            HeadRows::AsRun,
-            Some(&s.block_steps),
-        )?;
-        Ok(Completion {
-            text,
-            stats: CompletionStats {
-                prompt_tokens: prompt.len(),
-                completion_tokens: tokens.len(),
-                generated_positions: g,
-                steps: s.steps,
-                forwards: s.forwards,
-                flops: s.flops,
-                flops_saved: uncached.total().saturating_sub(s.flops.total()),
-                cache_bytes: s.peak_cache_bytes,
-                wall_time: s.wall_time,
-                tokens_per_second: s.tokens_per_second(g),
-                stopped_at_eos,
-            },
-            tokens,
-        })
     }
 }
 

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::commit::CommitRule;
 use super::{
-    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    row_finished, tokens_tensor, validate_logits, validate_steps,
+    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, Stops,
+    backend_err, tokens_tensor, validate_logits, validate_steps,
 };
 use crate::cache::{BlockInfo, CachePolicy, FeatureCache, StepInfo};
 use crate::denoiser::{Denoiser, StepContext};
@@ -298,6 +298,7 @@ impl DreamSampler {
             rng: SplitMix64::new(c.seed),
             forwards_done: 0,
             trace: self.trace_layers,
+            stops: Stops::new(&c.stop_tokens, model.special_tokens().mask, p, seqs.len()),
         };
         run.policy.reset();
         match (c.block_length, c.commit.is_adaptive()) {
@@ -379,8 +380,9 @@ impl DreamSampler {
                     offset: p,
                     width: g,
                 };
-                committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
+                committed = commit(seqs, &chosen, &scored, &run.stops);
             }
+            run.book_step();
             let event = StepEvent {
                 step: i,
                 total_steps: c.steps,
@@ -389,8 +391,9 @@ impl DreamSampler {
                 committed: &committed,
                 sequences: seqs,
                 forwards: &forwards,
+                stopped: run.stops.flags(),
             };
-            if run.end_step(event, &special, &c.stop_tokens, on_step) {
+            if run.end_step(event, on_step) {
                 run.stats.stopped_early = i + 1 < c.steps;
                 break;
             }
@@ -458,7 +461,8 @@ impl DreamSampler {
                 offset: p,
                 width: g,
             };
-            let committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
+            let committed = commit(seqs, &chosen, &scored, &run.stops);
+            run.book_step();
             let event = StepEvent {
                 step: i,
                 total_steps: steps,
@@ -467,9 +471,10 @@ impl DreamSampler {
                 committed: &committed,
                 sequences: seqs,
                 forwards: &forwards,
+                stopped: run.stops.flags(),
             };
             i += 1;
-            if run.end_step(event, &special, &c.stop_tokens, on_step) {
+            if run.end_step(event, on_step) {
                 run.stats.stopped_early = seqs.iter().any(|r| r[p..].contains(&special.mask));
                 break;
             }
@@ -506,13 +511,11 @@ impl DreamSampler {
             let (lo, hi) = (p + block * n, p + (block + 1) * n);
             let mut i = 0;
             loop {
-                let open = |seqs: &[Vec<u32>]| {
-                    seqs.iter().any(|r| {
-                        !row_finished(&r[p..], special.mask, &c.stop_tokens)
-                            && r[lo..hi].contains(&special.mask)
-                    })
-                };
-                if !open(seqs) {
+                let open = seqs
+                    .iter()
+                    .enumerate()
+                    .any(|(r, s)| !run.stops.done(r, s) && s[lo..hi].contains(&special.mask));
+                if !open {
                     break;
                 }
                 let mut forwards = Vec::new();
@@ -572,7 +575,8 @@ impl DreamSampler {
                     offset: lo,
                     width: n,
                 };
-                let committed = commit(seqs, &chosen, &scored, p, &special, &c.stop_tokens);
+                let committed = commit(seqs, &chosen, &scored, &run.stops);
+                run.book_step();
                 let event = StepEvent {
                     step,
                     total_steps: if rule.is_adaptive() {
@@ -585,10 +589,11 @@ impl DreamSampler {
                     committed: &committed,
                     sequences: seqs,
                     forwards: &forwards,
+                    stopped: run.stops.flags(),
                 };
                 step += 1;
                 i += 1;
-                if run.end_step(event, &special, &c.stop_tokens, on_step) {
+                if run.end_step(event, on_step) {
                     run.stats.block_steps.push(i);
                     run.stats.stopped_early = seqs.iter().any(|r| r[p..].contains(&special.mask));
                     break 'blocks;
@@ -756,6 +761,7 @@ struct Run<'a> {
     rng: SplitMix64,
     forwards_done: usize,
     trace: bool,
+    stops: Stops,
 }
 
 impl Run<'_> {
@@ -791,22 +797,16 @@ impl Run<'_> {
         Ok(logits)
     }
 
-    /// Books a finished step and gives it to the callback; whether the generation ends here
-    /// (the callback stopped it, or every row reached a stop token).
-    fn end_step(
-        &mut self,
-        event: StepEvent<'_>,
-        special: &crate::denoiser::SpecialTokens,
-        stop_tokens: &[u32],
-        on_step: &mut OnStep<'_>,
-    ) -> bool {
+    /// Books a finished step.
+    fn book_step(&mut self) {
         self.stats.peak_cache_bytes = self.stats.peak_cache_bytes.max(self.cache.bytes());
         self.stats.steps += 1;
-        let all_finished = event
-            .sequences
-            .iter()
-            .all(|r| row_finished(&r[event.prompt_len..], special.mask, stop_tokens));
-        on_step(&event).is_break() || all_finished
+    }
+
+    /// Gives a finished step to the callback; whether the generation ends here (the callback
+    /// stopped it, or every row is done).
+    fn end_step(&self, event: StepEvent<'_>, on_step: &mut OnStep<'_>) -> bool {
+        on_step(&event).is_break() || self.stops.all_done(event.sequences)
     }
 }
 
@@ -819,18 +819,16 @@ struct Scored<'a> {
     width: usize,
 }
 
-/// Writes the `chosen` positions (absolute) of every row that has not reached a stop token.
+/// Writes the `chosen` positions (absolute) of every row that is not done.
 fn commit(
     seqs: &mut [Vec<u32>],
     chosen: &[Vec<usize>],
     scored: &Scored<'_>,
-    prompt_len: usize,
-    special: &crate::denoiser::SpecialTokens,
-    stop_tokens: &[u32],
+    stops: &Stops,
 ) -> Vec<Vec<Commit>> {
     let mut committed = vec![Vec::new(); seqs.len()];
     for (r, positions) in chosen.iter().enumerate() {
-        if row_finished(&seqs[r][prompt_len..], special.mask, stop_tokens) {
+        if stops.done(r, &seqs[r]) {
             continue;
         }
         for &j in positions {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::commit::CommitRule;
 use super::{
-    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, backend_err,
-    row_finished, tokens_tensor, transfer_count, validate_logits, validate_steps,
+    Commit, ForwardTrace, GenerationOutput, GenerationStats, OnStep, Pass, StepEvent, Stops,
+    backend_err, tokens_tensor, transfer_count, validate_logits, validate_steps,
 };
 use crate::cache::{BlockInfo, CachePolicy, FeatureCache, StepInfo, unconditional_due};
 use crate::denoiser::{Denoiser, StepContext};
@@ -249,6 +249,7 @@ impl LladaSampler {
         let mut step = 0;
 
         let adaptive = c.commit.is_adaptive();
+        let stops = Stops::new(&c.stop_tokens, special.mask, p, seqs.len());
         let mut stopped = false;
         'blocks: for block in 0..blocks {
             let lo = p + block * c.block_length;
@@ -263,10 +264,10 @@ impl LladaSampler {
                 // The fixed schedule runs every step of the block, as the reference does; the
                 // adaptive rules stop a block once no row has a mask left in it (tested before
                 // each forward, as Fast-dLLM's functions do).
-                let block_open = seqs.iter().any(|r| {
-                    !row_finished(&r[p..], special.mask, &c.stop_tokens)
-                        && r[lo..hi].contains(&special.mask)
-                });
+                let block_open = seqs
+                    .iter()
+                    .enumerate()
+                    .any(|(r, s)| !stops.done(r, s) && s[lo..hi].contains(&special.mask));
                 if (adaptive && !block_open) || (!adaptive && i == steps_per_block) {
                     break;
                 }
@@ -287,7 +288,7 @@ impl LladaSampler {
                 let width = hi - lo;
                 let mut committed = Vec::with_capacity(seqs.len());
                 for (r, row) in seqs.iter_mut().enumerate() {
-                    if row_finished(&row[p..], special.mask, &c.stop_tokens) {
+                    if stops.done(r, row) {
                         committed.push(Vec::new());
                         continue;
                     }
@@ -332,11 +333,9 @@ impl LladaSampler {
                     committed: &committed,
                     sequences: &seqs,
                     forwards: &forwards,
+                    stopped: stops.flags(),
                 };
-                let all_finished = seqs
-                    .iter()
-                    .all(|r| row_finished(&r[p..], special.mask, &c.stop_tokens));
-                if on_step(&event).is_break() || all_finished {
+                if on_step(&event).is_break() || stops.all_done(&seqs) {
                     stats.block_steps.push(i);
                     stopped = true;
                     break 'blocks;
@@ -345,11 +344,12 @@ impl LladaSampler {
             stats.block_steps.push(i);
         }
         stats.stopped_early = stopped
-            && if adaptive {
-                seqs.iter().any(|r| r[p..].contains(&special.mask))
-            } else {
-                step < c.steps
-            };
+            && (stops.any_stopped()
+                || if adaptive {
+                    seqs.iter().any(|r| r[p..].contains(&special.mask))
+                } else {
+                    step < c.steps
+                });
         stats.steps = step;
         stats.forwards = flops.forwards as usize;
         stats.flops = flops;

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod dream;
 pub mod llada;
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -81,6 +82,24 @@ pub struct StepEvent<'a> {
     pub sequences: &'a [Vec<u32>],
     /// The forwards of this step with their layer traces (empty unless tracing is on).
     pub forwards: &'a [ForwardTrace],
+    /// Per batch row, whether it commits nothing more; set through [`stop_row`](Self::stop_row).
+    pub(crate) stopped: &'a [Cell<bool>],
+}
+
+impl StepEvent<'_> {
+    /// Stops batch row `row`: it commits nothing more (its sequence keeps what it has), and
+    /// the generation ends once every row has stopped or reached a stop token. The row stays in
+    /// the batch's forwards until then. Out-of-range rows are ignored.
+    pub fn stop_row(&self, row: usize) {
+        if let Some(flag) = self.stopped.get(row) {
+            flag.set(true);
+        }
+    }
+
+    /// Whether batch row `row` was stopped by the callback.
+    pub fn is_row_stopped(&self, row: usize) -> bool {
+        self.stopped.get(row).is_some_and(Cell::get)
+    }
 }
 
 /// Counters of a finished generation.
@@ -217,6 +236,47 @@ pub(crate) fn validate_logits(
         ));
     }
     Ok(())
+}
+
+/// Which rows of a batch commit nothing more: those whose committed prefix reached a stop
+/// token, and those the streaming callback stopped ([`StepEvent::stop_row`]).
+pub(crate) struct Stops {
+    tokens: Vec<u32>,
+    mask: u32,
+    prompt_len: usize,
+    stopped: Vec<Cell<bool>>,
+}
+
+impl Stops {
+    pub(crate) fn new(tokens: &[u32], mask: u32, prompt_len: usize, rows: usize) -> Self {
+        Self {
+            tokens: tokens.to_vec(),
+            mask,
+            prompt_len,
+            stopped: (0..rows).map(|_| Cell::new(false)).collect(),
+        }
+    }
+
+    /// Whether row `r` (its whole sequence `seq`) is done.
+    pub(crate) fn done(&self, r: usize, seq: &[u32]) -> bool {
+        self.stopped.get(r).is_some_and(Cell::get)
+            || row_finished(&seq[self.prompt_len..], self.mask, &self.tokens)
+    }
+
+    /// Whether every row is done.
+    pub(crate) fn all_done(&self, seqs: &[Vec<u32>]) -> bool {
+        seqs.iter().enumerate().all(|(r, s)| self.done(r, s))
+    }
+
+    /// The flags a [`StepEvent`] lets the callback set.
+    pub(crate) fn flags(&self) -> &[Cell<bool>] {
+        &self.stopped
+    }
+
+    /// Whether the callback stopped any row.
+    pub(crate) fn any_stopped(&self) -> bool {
+        self.stopped.iter().any(Cell::get)
+    }
 }
 
 /// Whether a row is done: its committed prefix (up to the first mask) holds a stop token, so
