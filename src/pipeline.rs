@@ -548,6 +548,30 @@ impl Pipeline {
             .collect()
     }
 
+    /// Checks that `options` make a valid generation for this model (sampler settings, cache
+    /// settings, sequence length for a `prompt_len`-token prompt) without running it: what a
+    /// server checks before it queues a request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the setting, or [`Error::SequenceTooLong`].
+    pub fn validate_options(&self, options: &GenerateOptions, prompt_len: usize) -> Result<()> {
+        options.cache.policy()?;
+        match self.sampling(options, &[]) {
+            Sampling::Llada(c) => {
+                c.init()?;
+            }
+            Sampling::Dream(c) => {
+                c.init()?;
+            }
+        }
+        let len = prompt_len.saturating_add(options.max_new_tokens);
+        let max = self.model.denoiser().max_seq_len();
+        if len > max {
+            return Err(Error::SequenceTooLong { len, max });
+        }
+        Ok(())
+    }
+
     /// The sampler settings `options` give for this model, stopping at `stop`.
     fn sampling(&self, o: &GenerateOptions, stop: &[u32]) -> Sampling {
         let g = o.max_new_tokens;
