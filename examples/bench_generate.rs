@@ -16,7 +16,10 @@
 //! Hugging Face LLaDA or Dream folder (detected from `config.json`'s `model_type`);
 //! `--random` builds a seeded random LLaDA-shaped model of the given sizes. `--device` and
 //! `--dtype` pick the backend and float type (for example `--device vulkan --dtype f16` with
-//! the `vulkan` feature, see `scripts/gpu-bench.sh`).
+//! the `vulkan` feature, see `scripts/gpu-bench.sh`); `--weights bf16|f16` holds the weight
+//! matrices in 16 bits with float32 activations (half the memory; LLaDA-8B's shape fits in
+//! 24 GB). The JSON also reports the load time and the process's peak resident memory
+//! (Linux; `null` elsewhere).
 
 use std::path::PathBuf;
 
@@ -24,7 +27,7 @@ use clap::{Parser, ValueEnum};
 use dllm_cache::burn::tensor::FloatDType;
 use dllm_cache::{
     CachePolicy, Denoiser, Dream, DreamAlg, DreamSamplerConfig, GenerationOutput, Llada,
-    LladaConfig, LladaSamplerConfig,
+    LladaConfig, LladaSamplerConfig, LoadOptions, WeightDtype,
 };
 
 #[path = "shared/cli.rs"]
@@ -72,9 +75,28 @@ struct Args {
     /// Float type of weights and activations on the device.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-    /// Random weights drawn on the device (fast for 8B shapes; not reproducible).
+    /// Feature cache storage: f32 (the activations' type), bf16 or f16.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    cache_dtype: Dtype,
+    /// Weight matrices held as f32 (the device's float type), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    weights: WeightDtype,
+    /// Random weights drawn by the device's generator (faster for 8B shapes; not
+    /// reproducible).
     #[arg(long)]
     device_random: bool,
+    /// The device's matmul peak in TFLOP/s for this dtype: adds `peak_fraction` (counted
+    /// FLOPs per second over the peak) to the JSON.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+}
+
+/// The process's peak resident set in bytes (`VmHWM`), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -126,6 +148,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     device
         .configure(float)
         .map_err(|e| format!("cannot use {float:?} on {}: {e:?}", a.device))?;
+    let load = LoadOptions::new().with_weights(a.weights);
+    let loading = std::time::Instant::now();
     let (model, name) = match (&a.model, &a.random) {
         (Some(dir), _) => {
             let config: serde_json::Value =
@@ -136,12 +160,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .to_lowercase();
             if kind == "dream" {
                 (
-                    Model::Dream(Dream::from_dir(dir, &device)?),
+                    Model::Dream(Dream::from_dir_with(dir, &device, &load)?),
                     dir.display().to_string(),
                 )
             } else {
                 (
-                    Model::Llada(Llada::from_dir(dir, &device)?),
+                    Model::Llada(Llada::from_dir_with(dir, &device, &load)?),
                     dir.display().to_string(),
                 )
             }
@@ -150,12 +174,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let spec = spec
                 .as_deref()
                 .unwrap_or("d_model=512,layers=8,heads=8,mlp=1376,vocab=32000");
-            (
-                Model::Llada(Llada::random(parse_random(spec)?, 0, &device)?),
-                format!("random({spec})"),
-            )
+            let config = parse_random(spec)?;
+            let model = if a.device_random {
+                Llada::random_unseeded_with(config, &device, &load)?
+            } else {
+                Llada::random_with(config, 0, &device, &load)?
+            };
+            (Model::Llada(model), format!("random({spec})"))
         }
     };
+    let load_seconds = loading.elapsed().as_secs_f64();
     let denoiser: &dyn Denoiser = match &model {
         Model::Llada(m) => m,
         Model::Dream(m) => m,
@@ -177,6 +205,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let mut policy = a.options.policy(a.policy)?;
+    let cache_dtype = match a.cache_dtype {
+        Dtype::F32 => None,
+        Dtype::F16 => Some(dllm_cache::burn::tensor::DType::F16),
+        Dtype::Bf16 => Some(dllm_cache::burn::tensor::DType::BF16),
+    };
     let run = |policy: &mut dyn CachePolicy| -> dllm_cache::Result<GenerationOutput> {
         match &model {
             Model::Llada(m) => LladaSamplerConfig::new()
@@ -184,7 +217,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .with_gen_length(a.gen_len)
                 .with_block_length(a.block_len)
                 .with_commit(a.options.decode)
-                .init()?
+                .init()
+                .and_then(|s| match cache_dtype {
+                    Some(d) => s.with_cache_dtype(d),
+                    None => Ok(s),
+                })?
                 .generate(m, &prompt, policy),
             Model::Dream(m) => DreamSamplerConfig::new()
                 .with_steps(a.steps)
@@ -192,7 +229,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .with_alg(DreamAlg::Entropy)
                 .with_block_length(a.dream_block_len)
                 .with_commit(a.options.decode)
-                .init()?
+                .init()
+                .and_then(|s| match cache_dtype {
+                    Some(d) => s.with_cache_dtype(d),
+                    None => Ok(s),
+                })?
                 .generate(m, &prompt, policy),
         }
     };
@@ -212,6 +253,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "model": name,
         "device": a.device,
         "dtype": format!("{:?}", a.dtype).to_lowercase(),
+        "cache_dtype": format!("{:?}", a.cache_dtype).to_lowercase(),
+        "weights": match a.weights { WeightDtype::Bf16 => "bf16", WeightDtype::F16 => "f16", _ => "f32" },
         "backend": if a.device == "flex" && cfg!(feature = "x86-v4") { "flex+x86-v4".to_string() } else { a.device.clone() },
         "threads": threads,
         "policy": policy.name(),
@@ -237,6 +280,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
         "gflops_per_s": out.stats.flops.total() as f64 / mean / 1e9,
         "cache_bytes": out.stats.peak_cache_bytes,
+        "load_seconds": load_seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_fraction": a.peak_tflops.filter(|p| *p > 0.0).map(|p| out.stats.flops.total() as f64 / mean / (p * 1e12)),
     });
     if a.json {
         println!("{json}");

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU benchmark: a LLaDA-8B-shaped random model (d_model 4096, 32 layers, 32 heads, SwiGLU 12288,
-# vocabulary 126464) in f16 at a GSM8K-like setting (prompt ~800 tokens, 256 tokens in 256 steps,
-# blocks of 8), uncached and with dLLM-Cache 50/7/0.25, printing tokens/s for both.
+# vocabulary 126464) in 16 bits at a GSM8K-like setting (prompt ~800 tokens, 256 tokens in 256
+# steps, blocks of 32), for NoCache, dLLM-Cache 50/7/0.25, PrefixCache and DualCache (the last
+# two also with threshold decoding at 0.9), printing one JSON line per run with tokens/s and
+# the fraction of the card's 16-bit matmul peak that the counted FLOPs reached.
 #
 #   scripts/gpu-bench.sh build   # on the development machine: builds the benchmark binary
 #   scripts/gpu-bench.sh run     # on a machine with an NVIDIA GPU: runs it (no network needed)
@@ -9,8 +11,12 @@
 #
 # The GPU path is burn's wgpu backend with its Vulkan (SPIR-V) compiler, cargo feature `vulkan`:
 # it builds from the package registries alone. burn-cuda 0.22.1 cannot be built offline (its
-# cubecl-llvm dependency downloads an LLVM bundle at build time, see docs/backends.md).
+# cubecl-llvm dependency downloads an LLVM bundle at build time, see docs/backends.md); where it
+# can be built, FEATURES=cuda DEVICE=cuda runs the same benchmark on it.
 # The run needs the Vulkan loader (libvulkan.so.1) and the NVIDIA driver's Vulkan ICD.
+#
+# PEAK_TFLOPS overrides the dense 16-bit tensor-core peak looked up from the GPU's name below
+# (datasheet figures without sparsity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -18,6 +24,8 @@ FEATURES=${FEATURES:-vulkan}
 DEVICE=${DEVICE:-vulkan}
 DTYPE=${DTYPE:-f16}
 PROMPT=${PROMPT:-800}
+GEN=${GEN:-256}
+BLOCK=${BLOCK:-32}
 SHAPE=${SHAPE:-d_model=4096,layers=32,heads=32,mlp=12288,vocab=126464}
 BIN=target/release/examples/bench_generate
 
@@ -30,9 +38,28 @@ if [ "$MODE" = run ] || [ "$MODE" = all ]; then
     exit 0
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  for policy in none dllm; do
+  name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  if [ -z "${PEAK_TFLOPS:-}" ]; then
+    case "$name" in
+      *H200*|*H100*SXM*|*H100\ 80GB\ HBM3*) PEAK_TFLOPS=989 ;;
+      *H100*) PEAK_TFLOPS=756 ;;
+      *A100*) PEAK_TFLOPS=312 ;;
+      *L40S*) PEAK_TFLOPS=362 ;;
+      *L4*) PEAK_TFLOPS=121 ;;
+      *4090*) PEAK_TFLOPS=165 ;;
+      *) PEAK_TFLOPS=0 ;;
+    esac
+  fi
+  echo "gpu-bench: $name, 16-bit peak ${PEAK_TFLOPS} TFLOP/s (0: unknown, set PEAK_TFLOPS)"
+  run() {
     "$BIN" --device "$DEVICE" --dtype "$DTYPE" --device-random --random "$SHAPE" \
-      --prompt-len "$PROMPT" --gen-len 256 --steps 256 --block-len 8 \
-      --policy "$policy" --kp 50 --kr 7 --rho 0.25 --repeat 1 --json
-  done
+      --prompt-len "$PROMPT" --gen-len "$GEN" --steps "$GEN" --block-len "$BLOCK" \
+      --kp 50 --kr 7 --rho 0.25 --repeat 1 --peak-tflops "$PEAK_TFLOPS" --json "$@"
+  }
+  run --policy none
+  run --policy dllm
+  run --policy prefix
+  run --policy dual
+  run --policy prefix --decode threshold:0.9
+  run --policy dual --decode threshold:0.9
 fi

@@ -18,18 +18,41 @@ pub fn available_devices() -> Vec<&'static str> {
     }
     if cfg!(feature = "vulkan") {
         names.push("vulkan[:N]");
+        names.push("vulkan:cpu");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu[:N]");
+        names.push("wgpu:cpu");
     }
     names
 }
 
 /// A device by name: `flex`, `ndarray`, `cuda` / `cuda:N`, `vulkan` / `vulkan:N` (the N-th
-/// discrete GPU), each available when the crate was built with the feature of that name. GPU
-/// names are checked against the devices the backend finds on this machine.
+/// discrete GPU), `vulkan:cpu` (a CPU Vulkan adapter, such as Mesa's lavapipe: the GPU code
+/// path without a GPU), `wgpu` / `wgpu:N` / `wgpu:cpu` (the same through wgpu's WGSL path),
+/// each available when the crate was built with the feature of that name.
+/// GPU names are checked against the devices the backend finds on this machine.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for an unknown name, a bad index, a backend this build lacks, or
 /// a GPU that is not present.
 pub fn device_from_name(name: &str) -> Result<Device> {
+    #[cfg(feature = "vulkan")]
+    if name == "vulkan:cpu" {
+        return present(
+            name,
+            Device::vulkan(burn::tensor::DeviceKind::Cpu),
+            burn::tensor::DeviceType::Vulkan,
+        );
+    }
+    #[cfg(feature = "wgpu")]
+    if name == "wgpu:cpu" {
+        return present(
+            name,
+            Device::wgpu(burn::tensor::DeviceKind::Cpu),
+            burn::tensor::DeviceType::Wgpu,
+        );
+    }
     let (kind, index) = match name.split_once(':') {
         Some((k, i)) => {
             let i = i
@@ -66,7 +89,13 @@ pub fn device_from_name(name: &str) -> Result<Device> {
             Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0))),
             burn::tensor::DeviceType::Vulkan,
         ),
-        known if ["flex", "ndarray", "cuda", "vulkan"].contains(&known) => Err(missing()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => present(
+            name,
+            Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index.unwrap_or(0))),
+            burn::tensor::DeviceType::Wgpu,
+        ),
+        known if ["flex", "ndarray", "cuda", "vulkan", "wgpu"].contains(&known) => Err(missing()),
         _ => Err(Error::invalid(
             "device",
             format!(
@@ -78,7 +107,7 @@ pub fn device_from_name(name: &str) -> Result<Device> {
 }
 
 /// `device` if the backend of `kind` finds it on this machine.
-#[cfg(any(feature = "cuda", feature = "vulkan"))]
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 fn present(name: &str, device: Device, kind: burn::tensor::DeviceType) -> Result<Device> {
     let found = Device::enumerate(kind);
     if found.contains(&device) {

@@ -75,6 +75,7 @@ pub use error::{Error, Result};
 pub use flops::FlopCounter;
 pub use model::dream::{Dream, DreamConfig};
 pub use model::llada::{Llada, LladaConfig};
+pub use model::{LoadOptions, WeightDtype};
 pub use pipeline::{CacheChoice, Completion, GenerateOptions, Pipeline, StreamEvent};
 pub use rng::SplitMix64;
 pub use sampler::{

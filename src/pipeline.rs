@@ -27,6 +27,7 @@ use crate::estimate::{self, HeadRows, ModelShape, Sampling};
 use crate::flops::FlopCounter;
 use crate::model::dream::Dream;
 use crate::model::llada::Llada;
+use crate::model::weights::LoadOptions;
 use crate::sampler::{
     CommitRule, DreamAlg, DreamSamplerConfig, GenerationOutput, LladaSamplerConfig,
 };
@@ -50,6 +51,18 @@ impl Model {
     /// [`Error::Unsupported`] for another `model_type`; loading errors as
     /// [`Llada::from_dir`].
     pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_dir_with(dir, device, &LoadOptions::default())
+    }
+
+    /// As [`from_dir`](Self::from_dir), holding the weights as `options` says.
+    ///
+    /// # Errors
+    /// As [`from_dir`](Self::from_dir).
+    pub fn from_dir_with(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -59,10 +72,10 @@ impl Model {
         })?;
         match json.get("model_type").and_then(|v| v.as_str()) {
             Some(t) if t.eq_ignore_ascii_case("llada") => {
-                Ok(Model::Llada(Llada::from_dir(dir, device)?))
+                Ok(Model::Llada(Llada::from_dir_with(dir, device, options)?))
             }
             Some(t) if t.eq_ignore_ascii_case("dream") => {
-                Ok(Model::Dream(Dream::from_dir(dir, device)?))
+                Ok(Model::Dream(Dream::from_dir_with(dir, device, options)?))
             }
             other => Err(Error::Unsupported {
                 field: "model_type".into(),
@@ -316,9 +329,22 @@ impl Pipeline {
     /// # Errors
     /// As [`Model::from_dir`] and [`Tokenizer::from_dir`].
     pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_dir_with(dir, device, &LoadOptions::default())
+    }
+
+    /// As [`from_dir`](Self::from_dir), holding the weights as `options` says (for example
+    /// bf16 weights with float32 compute: half the memory).
+    ///
+    /// # Errors
+    /// As [`from_dir`](Self::from_dir).
+    pub fn from_dir_with(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let tokenizer = Tokenizer::from_dir(dir)?;
-        let model = Model::from_dir(dir, device)?;
+        let model = Model::from_dir_with(dir, device, options)?;
         let defaults = defaults_from(dir.join("generation_config.json"))?;
         Ok(Self::new(model, tokenizer).with_defaults(defaults))
     }

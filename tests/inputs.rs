@@ -345,7 +345,8 @@ fn bad_inputs_return_their_exact_error() {
             )
             .map(|_| ())
     };
-    let cases: Vec<Case<'_>> = vec![
+    #[allow(unused_mut)] // rows that need a second backend join below
+    let mut cases: Vec<Case<'_>> = vec![
         // Checkpoints.
         (
             "empty directory",
@@ -1045,6 +1046,22 @@ fn bad_inputs_return_their_exact_error() {
             },
         ),
     ];
+    // With a second CPU backend in the build, a selection on the wrong device.
+    #[cfg(feature = "ndarray")]
+    cases.push((
+        "rogue policy: rows on another device than the model",
+        Box::new(|| {
+            #[allow(deprecated)]
+            let other = Device::ndarray();
+            let idx = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1], [1, 2]), &other);
+            let mut p = RoguePolicy(Refresh::Rows(idx), 0);
+            sampler(8, 8, 8)
+                .init()?
+                .generate(&model, &ok_prompt, &mut p)
+                .map(|_| ())
+        }),
+        |e| matches!(e, Error::Policy { reason, .. } if reason.contains("but the model is on")),
+    ));
     let mut failures = Vec::new();
     for (name, run, check) in &cases {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {

@@ -114,6 +114,14 @@ fn contracts() -> Vec<Contract> {
     ]
 }
 
+/// The device under test: `DLLM_DEVICE` (a `device_from_name` name), else the default.
+fn device() -> Device {
+    match std::env::var("DLLM_DEVICE") {
+        Ok(name) => dllm_cache::device_from_name(&name).expect("DLLM_DEVICE names a device"),
+        Err(_) => Device::default(),
+    }
+}
+
 /// Builds a contract's typical policies.
 type Typical = fn() -> Vec<Policy>;
 
@@ -288,7 +296,7 @@ fn logits_of(
 
 #[test]
 fn always_refresh_equals_no_cache_bit_for_bit() {
-    let device = Device::default();
+    let device = device();
     for subject in models(&device) {
         let model = subject.model.as_ref();
         for contract in contracts() {
@@ -320,7 +328,7 @@ fn always_refresh_equals_no_cache_bit_for_bit() {
 /// running it again with the same policy value gives the same tokens.
 #[test]
 fn every_policy_works_with_every_commit_rule() {
-    let device = Device::default();
+    let device = device();
     for subject in models(&device) {
         let mask = subject.model.special_tokens().mask;
         for (name, typical, i) in all_typical() {
@@ -350,7 +358,7 @@ fn every_policy_works_with_every_commit_rule() {
 fn caching_policies_actually_reuse() {
     // The contract above would also hold for a policy that ignored its settings; check that
     // the caching settings do change the computation (fewer FLOPs, slightly different logits).
-    let device = Device::default();
+    let device = device();
     for Subject { name, model, .. } in models(&device) {
         let mut cached = DllmCacheConfig::new()
             .with_prompt_interval(4)
@@ -369,7 +377,7 @@ fn caching_policies_actually_reuse() {
 
 #[test]
 fn reset_isolates_generations() {
-    let device = Device::default();
+    let device = device();
     for subject in models(&device) {
         for (name, typical, i) in all_typical() {
             for &cfg in guidance_scales(&subject) {
@@ -387,7 +395,7 @@ fn reset_isolates_generations() {
 
 #[test]
 fn concurrent_generations_on_one_model_match_sequential_ones() {
-    let device = Device::default();
+    let device = device();
     for subject in models(&device) {
         let sequential: Vec<_> = all_typical()
             .into_iter()
@@ -497,7 +505,7 @@ impl CachePolicy for Breaker {
         if !(due && layer == 1 && segment == Segment::Response) {
             return Ok(plan);
         }
-        let device = Device::default();
+        let device = device();
         // The response of the runners below: 2 batch rows of 8 positions.
         let rows = |v: Vec<i64>, shape: [usize; 2]| {
             Refresh::Rows(Tensor::<2, Int>::from_data(
@@ -534,7 +542,7 @@ impl CachePolicy for Breaker {
 
 #[test]
 fn rule_breaking_plans_are_errors_not_panics() {
-    let device = Device::default();
+    let device = device();
     let breaches = [
         (Breach::ReuseUncached, "never cached"),
         (Breach::WrongBatch, "row selection of shape [3, 1]"),
@@ -591,7 +599,7 @@ fn public_types_are_send_and_sync() {
 /// each equal to the same generation run alone.
 #[test]
 fn stress_shared_model_from_four_threads() {
-    let device = Device::default();
+    let device = device();
     for subject in models(&device) {
         let jobs: Vec<(usize, f64)> = (0..8)
             .map(|j| {

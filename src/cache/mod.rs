@@ -72,6 +72,7 @@ pub use dual::DualCache;
 pub use none::NoCache;
 pub use prefix::PrefixCache;
 pub use store::FeatureCache;
+pub(crate) use store::check_dtype as check_cache_dtype;
 
 use burn::tensor::{Int, Tensor};
 

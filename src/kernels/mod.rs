@@ -1,7 +1,7 @@
 //! Backend fast paths, and all of the crate's `unsafe`.
 //!
-//! With the `cpu-kernels` feature (default) and the flex backend in float32, attention and the
-//! SwiGLU product run on this module's kernels; everywhere else (other backends, other dtypes,
+//! With the `cpu-kernels` feature (default) and the flex backend in float32, attention, the
+//! SwiGLU product and the products with 16-bit weights run on this module's kernels; everywhere else (other backends, other dtypes,
 //! autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
 //! declines, and the caller falls back; the two paths compute the same functions with a
 //! different order of float32 summation, and the golden tests pass with either.
@@ -10,13 +10,13 @@
 //!
 //! The `unsafe` code here is of three kinds, each argued where it occurs:
 //!
-//! * calls of `gemm::gemm` on raw pointers (attention scores and outputs): every pointer,
-//!   length and stride is derived from slices whose lengths are checked against the matrix
-//!   extents before the call (`assert!`s in `attention::head`), so every read and write stays
-//!   inside its slice;
-//! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`):
-//!   each task owns a distinct (query rows, head) tile, the tiles partition the buffer, and
-//!   the buffer outlives the parallel loop;
+//! * calls of `gemm::gemm` on raw pointers (attention scores and outputs, the widened
+//!   products): every pointer, length and stride is derived from slices whose lengths are
+//!   checked against the matrix extents before the call (`assert!`s in `attention::head` and
+//!   `widen::linear`), so every read and write stays inside its slice;
+//! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`,
+//!   `widen::Bands`): each task owns a distinct (query rows, head) tile or column band, the
+//!   tiles partition the buffer, and the buffer outlives the parallel loop;
 //! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`): made only after
 //!   `is_x86_feature_detected!` confirmed the CPU has those features.
 //!
@@ -28,6 +28,8 @@ mod attention;
 mod simd;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod swiglu;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod widen;
 
 use burn::tensor::{Bool, Tensor};
 
@@ -79,4 +81,19 @@ pub(crate) fn silu_mul(
         return swiglu::silu_mul(gate, up);
     }
     Err((gate, up))
+}
+
+/// `x · w` for float32 `x` and a bf16 or f16 weight, in float32, without a float32 copy of
+/// the weight; `None` where no kernel applies (not flex, other dtypes, feature off), and the
+/// caller widens the weight with burn's ops.
+///
+/// # Shapes
+/// - `x`: `[batch, rows, d_in]`, `w`: `[d_in, d_out]`; returns `[batch, rows, d_out]`.
+#[allow(unused_variables)] // without the kernels every call declines
+pub(crate) fn linear_widening(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    if x.device() == burn::tensor::Device::flex() {
+        return widen::linear(x, w);
+    }
+    None
 }

@@ -27,6 +27,22 @@ pub struct Backbone {
 }
 
 impl Backbone {
+    /// Bytes held by every parameter, in the types they are stored in.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        struct Sum(usize);
+        impl burn::module::ModuleVisitor for Sum {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let t = param.val();
+                self.0 += t.shape().num_elements() * t.dtype().size();
+            }
+        }
+        let mut sum = Sum(0);
+        burn::module::Module::visit(self, &mut sum);
+        sum.0
+    }
+}
+
+impl Backbone {
     /// Runs every block and the LM head on hidden rows `head_from..head_to`.
     ///
     /// `hidden`, when given, receives the input of every block and the final normed state.
@@ -39,7 +55,12 @@ impl Backbone {
         mut hidden: Option<&mut Vec<Tensor<3>>>,
     ) -> Result<Tensor<3>> {
         ctx.policy.begin_step(&ctx.info);
-        let mut x = Stream::new(self.embed.forward(tokens), env.prompt_len);
+        // 16-bit embedding tables give 16-bit rows; the stream runs in the norms' type.
+        let embedded = self
+            .embed
+            .forward(tokens)
+            .cast(self.norm.weight.val().dtype());
+        let mut x = Stream::new(embedded, env.prompt_len);
         for (layer, block) in self.blocks.iter().enumerate() {
             if let Some(h) = hidden.as_deref_mut() {
                 h.push(x.whole());
@@ -59,7 +80,7 @@ impl Backbone {
         let [_, vocab] = self.head.weight.dims();
         ctx.flops.add_lm_head(b * rows, d, vocab);
         ctx.flops.forwards += 1;
-        Ok(self.head.forward(x))
+        Ok(super::block::linear(&self.head, x))
     }
 }
 

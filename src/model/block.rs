@@ -52,7 +52,7 @@ impl Block {
         let [b, n, _] = x.dims();
         let [d_in, d_out] = lin.weight.dims();
         flops.add_linear(b * n, d_in, d_out);
-        lin.forward(x)
+        linear(lin, x)
     }
 
     pub(super) fn ffn(&self, x: Tensor<3>, flops: &mut FlopCounter) -> Tensor<3> {
@@ -84,6 +84,33 @@ impl Block {
         flops.add_attention(b, h, nq, seq, hd);
         let out = super::attention::attention(q, segments, env.key_mask);
         self.proj(&self.o, out, flops)
+    }
+}
+
+/// `x · W + b` for a weight held in the activations' type or a narrower one (16-bit weights,
+/// [`WeightDtype`](crate::WeightDtype)): the widening kernel where one applies, else the weight
+/// widened by burn's ops for the one product.
+///
+/// # Shapes
+/// - `x`: `[batch, rows, d_in]`; returns `[batch, rows, d_out]`.
+pub(super) fn linear(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let w = lin.weight.val();
+    if w.dtype() == x.dtype() {
+        return lin.forward(x);
+    }
+    let y = match crate::kernels::linear_widening(&x, &w) {
+        Some(y) => y,
+        None => {
+            let dtype = x.dtype();
+            x.matmul(w.cast(dtype).unsqueeze())
+        }
+    };
+    match &lin.bias {
+        Some(bias) => {
+            let dtype = y.dtype();
+            y + bias.val().cast(dtype).unsqueeze()
+        }
+        None => y,
     }
 }
 

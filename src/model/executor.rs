@@ -148,6 +148,7 @@ impl Block {
             let fresh_v = self.proj(&self.v, h.clone(), ctx.flops);
             // Policies see values as rows, `[b, rows, kv_dim]`.
             let cached_v = cached
+                .as_ref()
                 .expect("checked above")
                 .v
                 .clone()
@@ -297,17 +298,17 @@ impl Block {
                 Refresh::Reuse => {
                     let c = cached.expect("validated in plan_segment");
                     keys.push(c.k.clone());
-                    values.push(fresh_or_cached(&w.fresh_v, c));
+                    values.push(fresh_or_cached(&w.fresh_v, &c));
                 }
                 Refresh::Rows(idx) if idx.dims()[1] == 0 => {
                     let c = cached.expect("validated in plan_segment");
                     keys.push(c.k.clone());
-                    values.push(fresh_or_cached(&w.fresh_v, c));
+                    values.push(fresh_or_cached(&w.fresh_v, &c));
                 }
                 Refresh::Range(r) if r.is_empty() => {
                     let c = cached.expect("validated in plan_segment");
                     keys.push(c.k.clone());
-                    values.push(fresh_or_cached(&w.fresh_v, c));
+                    values.push(fresh_or_cached(&w.fresh_v, &c));
                 }
                 Refresh::Range(r) => {
                     let c = cached.expect("validated in plan_segment");
@@ -322,7 +323,7 @@ impl Block {
                     let k = rope.apply(self.heads(k, self.n_kv_heads));
                     keys.push(splice(c.k.clone(), 2, r, k.swap_dims(1, 2)));
                     values.push(match &w.fresh_v {
-                        Some(_) => fresh_or_cached(&w.fresh_v, c),
+                        Some(_) => fresh_or_cached(&w.fresh_v, &c),
                         None => {
                             let v = self.proj(&self.v, h_sel, flops);
                             let v = self.heads(v, self.n_kv_heads).swap_dims(1, 2);
@@ -345,7 +346,7 @@ impl Block {
                     let k = rope.apply(self.heads(k, self.n_kv_heads));
                     keys.push(scatter_head_rows(c.k.clone(), idx, k.swap_dims(1, 2)));
                     values.push(match &w.fresh_v {
-                        Some(_) => fresh_or_cached(&w.fresh_v, c),
+                        Some(_) => fresh_or_cached(&w.fresh_v, &c),
                         None => {
                             let v = self.proj(&self.v, h_sel, flops);
                             let v = self.heads(v, self.n_kv_heads).swap_dims(1, 2);
@@ -435,7 +436,7 @@ impl Block {
                 }
                 let cached = || {
                     pick(
-                        cache
+                        &cache
                             .get(layer, Segment::BOTH[s])
                             .expect("validated in plan_segment"),
                     )

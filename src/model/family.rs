@@ -11,6 +11,7 @@ use super::arch::Arch;
 use super::backbone::Backbone;
 use super::checkpoint::{self, Checkpoint, NameTable, SaveDtype};
 use super::init;
+use super::weights::LoadOptions;
 use crate::error::{Error, Result};
 
 /// A model family's config: how it is read, validated, described to the shared code and
@@ -33,9 +34,14 @@ pub(crate) trait Family: Sized {
 }
 
 /// `config.json` and the weights of a Hugging Face folder.
-pub(crate) fn load_dir<C: Family>(dir: &Path, device: &Device) -> Result<(C, Backbone)> {
+pub(crate) fn load_dir<C: Family>(
+    dir: &Path,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<(C, Backbone)> {
     let config = C::from_file(&dir.join("config.json"))?;
-    let ckpt = Checkpoint::open_dir(dir, C::NAMES, device)?;
+    let ckpt =
+        Checkpoint::open_dir(dir, C::NAMES, device)?.with_matrices(options.weights().dtype());
     let backbone = checkpoint::load_backbone(ckpt, &config.arch())?;
     Ok((config, backbone))
 }
@@ -45,24 +51,36 @@ pub(crate) fn load_files<C: Family>(
     config: C,
     files: &[PathBuf],
     device: &Device,
+    options: &LoadOptions,
 ) -> Result<(C, Backbone)> {
     config.validate()?;
-    let ckpt = Checkpoint::open_files(files, C::NAMES, device)?;
+    let ckpt =
+        Checkpoint::open_files(files, C::NAMES, device)?.with_matrices(options.weights().dtype());
     let backbone = checkpoint::load_backbone(ckpt, &config.arch())?;
     Ok((config, backbone))
 }
 
 /// Seeded random weights.
-pub(crate) fn random<C: Family>(config: C, seed: u64, device: &Device) -> Result<(C, Backbone)> {
+pub(crate) fn random<C: Family>(
+    config: C,
+    seed: u64,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<(C, Backbone)> {
     config.validate()?;
-    let backbone = init::random_backbone(&config.arch(), seed, device);
+    let backbone = init::random_backbone(&config.arch(), seed, device, options.weights().dtype());
     Ok((config, backbone))
 }
 
 /// Random weights from the device's own generator.
-pub(crate) fn random_unseeded<C: Family>(config: C, device: &Device) -> Result<(C, Backbone)> {
+pub(crate) fn random_unseeded<C: Family>(
+    config: C,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<(C, Backbone)> {
     config.validate()?;
-    let backbone = init::random_backbone_on_device(&config.arch(), device);
+    let backbone =
+        init::random_backbone_on_device(&config.arch(), device, options.weights().dtype());
     Ok((config, backbone))
 }
 
@@ -103,8 +121,21 @@ macro_rules! family_api {
                 dir: impl AsRef<std::path::Path>,
                 device: &burn::tensor::Device,
             ) -> crate::error::Result<Self> {
+                Self::from_dir_with(dir, device, &super::weights::LoadOptions::default())
+            }
+
+            /// As [`from_dir`](Self::from_dir), holding the weights as `options` says (for
+            /// example in bf16, converted while they stream in).
+            ///
+            /// # Errors
+            /// As [`from_dir`](Self::from_dir).
+            pub fn from_dir_with(
+                dir: impl AsRef<std::path::Path>,
+                device: &burn::tensor::Device,
+                options: &super::weights::LoadOptions,
+            ) -> crate::error::Result<Self> {
                 let (config, backbone) =
-                    super::family::load_dir::<$config>(dir.as_ref(), device)?;
+                    super::family::load_dir::<$config>(dir.as_ref(), device, options)?;
                 Ok(Self { backbone, config })
             }
 
@@ -118,7 +149,27 @@ macro_rules! family_api {
                 files: &[std::path::PathBuf],
                 device: &burn::tensor::Device,
             ) -> crate::error::Result<Self> {
-                let (config, backbone) = super::family::load_files(config, files, device)?;
+                Self::from_safetensors_with(
+                    config,
+                    files,
+                    device,
+                    &super::weights::LoadOptions::default(),
+                )
+            }
+
+            /// As [`from_safetensors`](Self::from_safetensors), holding the weights as
+            /// `options` says.
+            ///
+            /// # Errors
+            /// As [`from_dir`](Self::from_dir).
+            pub fn from_safetensors_with(
+                config: $config,
+                files: &[std::path::PathBuf],
+                device: &burn::tensor::Device,
+                options: &super::weights::LoadOptions,
+            ) -> crate::error::Result<Self> {
+                let (config, backbone) =
+                    super::family::load_files(config, files, device, options)?;
                 Ok(Self { backbone, config })
             }
 
@@ -132,7 +183,21 @@ macro_rules! family_api {
                 seed: u64,
                 device: &burn::tensor::Device,
             ) -> crate::error::Result<Self> {
-                let (config, backbone) = super::family::random(config, seed, device)?;
+                Self::random_with(config, seed, device, &super::weights::LoadOptions::default())
+            }
+
+            /// As [`random`](Self::random), holding the weights as `options` says: the same
+            /// draw, each value rounded to the weight type as it is drawn (no float32 copy).
+            ///
+            /// # Errors
+            /// As [`random`](Self::random).
+            pub fn random_with(
+                config: $config,
+                seed: u64,
+                device: &burn::tensor::Device,
+                options: &super::weights::LoadOptions,
+            ) -> crate::error::Result<Self> {
+                let (config, backbone) = super::family::random(config, seed, device, options)?;
                 Ok(Self { backbone, config })
             }
 
@@ -147,8 +212,28 @@ macro_rules! family_api {
                 config: $config,
                 device: &burn::tensor::Device,
             ) -> crate::error::Result<Self> {
-                let (config, backbone) = super::family::random_unseeded(config, device)?;
+                Self::random_unseeded_with(config, device, &super::weights::LoadOptions::default())
+            }
+
+            /// As [`random_unseeded`](Self::random_unseeded), drawn directly in the weight
+            /// type `options` names.
+            ///
+            /// # Errors
+            /// As [`random`](Self::random).
+            pub fn random_unseeded_with(
+                config: $config,
+                device: &burn::tensor::Device,
+                options: &super::weights::LoadOptions,
+            ) -> crate::error::Result<Self> {
+                let (config, backbone) =
+                    super::family::random_unseeded(config, device, options)?;
                 Ok(Self { backbone, config })
+            }
+
+            /// Bytes the weights occupy on the device, in the types they are held in (about
+            /// half the float32 figure with [`WeightDtype::Bf16`](crate::WeightDtype::Bf16)).
+            pub fn weight_bytes(&self) -> usize {
+                self.backbone.weight_bytes()
             }
 
             /// The config.

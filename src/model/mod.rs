@@ -14,6 +14,7 @@
 //! | `stream.rs` | the residual stream of one forward, per segment |
 //! | `backbone.rs` | [`Backbone`]: embedding, blocks, final norm, LM head; the shared forward |
 //! | `init.rs` | random weights |
+//! | `weights.rs` | [`LoadOptions`], [`WeightDtype`]: how weights are held in memory |
 //! | `checkpoint/` | name tables, safetensors loading with validation, saving |
 //! | `family.rs` | construction shared by both families |
 //! | `llada.rs`, `dream.rs` | each family's config, module and `Denoiser` impl |
@@ -31,8 +32,10 @@ pub mod llada;
 pub(crate) mod norm;
 pub(crate) mod rope;
 mod stream;
+pub(crate) mod weights;
 
 pub use backbone::Backbone;
 pub use block::Block;
 pub use checkpoint::{SaveDtype, TensorHeader, inspect_safetensors};
 pub use norm::RmsNorm;
+pub use weights::{LoadOptions, WeightDtype};

@@ -195,6 +195,7 @@ impl DreamSamplerConfig {
         Ok(DreamSampler {
             config: self.clone(),
             trace_layers: false,
+            cache_dtype: None,
         })
     }
 }
@@ -237,6 +238,8 @@ pub fn dream_transfer_count(masks_per_row: f32, t: f32, s: f32, last: bool) -> u
 pub struct DreamSampler {
     config: DreamSamplerConfig,
     trace_layers: bool,
+    /// Storage type of the feature cache; `None`: the activations' type.
+    cache_dtype: Option<burn::tensor::DType>,
 }
 
 impl DreamSampler {
@@ -249,6 +252,17 @@ impl DreamSampler {
     pub fn with_layer_trace(mut self, on: bool) -> Self {
         self.trace_layers = on;
         self
+    }
+
+    /// Stores cached features as `dtype` (`BF16` or `F16`: half the cache memory of float32
+    /// activations, each reused feature widened back and carrying its rounding; `F32`: as
+    /// they come). See [`FeatureCache::with_dtype`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `dtype` is `F32`, `BF16` or `F16`.
+    pub fn with_cache_dtype(mut self, dtype: burn::tensor::DType) -> Result<Self> {
+        self.cache_dtype = Some(crate::cache::check_cache_dtype(dtype)?);
+        Ok(self)
     }
 
     /// Generates `max_new_tokens` tokens after each prompt. Prompts may differ in length; they
@@ -292,7 +306,7 @@ impl DreamSampler {
             policy,
             pads: &pads,
             p,
-            cache: FeatureCache::new(),
+            cache: FeatureCache::for_dtype(self.cache_dtype),
             flops: FlopCounter::new(),
             stats: GenerationStats::default(),
             rng: SplitMix64::new(c.seed),

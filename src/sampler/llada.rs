@@ -146,6 +146,7 @@ impl LladaSamplerConfig {
         Ok(LladaSampler {
             config: self.clone(),
             trace_layers: false,
+            cache_dtype: None,
         })
     }
 }
@@ -155,6 +156,8 @@ impl LladaSamplerConfig {
 pub struct LladaSampler {
     config: LladaSamplerConfig,
     trace_layers: bool,
+    /// Storage type of the feature cache; `None`: the activations' type.
+    cache_dtype: Option<burn::tensor::DType>,
 }
 
 /// Per-generation state of classifier-free guidance.
@@ -183,6 +186,17 @@ impl LladaSampler {
     pub fn with_layer_trace(mut self, on: bool) -> Self {
         self.trace_layers = on;
         self
+    }
+
+    /// Stores cached features as `dtype` (`BF16` or `F16`: half the cache memory of float32
+    /// activations, each reused feature widened back and carrying its rounding; `F32`: as
+    /// they come). See [`FeatureCache::with_dtype`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `dtype` is `F32`, `BF16` or `F16`.
+    pub fn with_cache_dtype(mut self, dtype: burn::tensor::DType) -> Result<Self> {
+        self.cache_dtype = Some(crate::cache::check_cache_dtype(dtype)?);
+        Ok(self)
     }
 
     /// Generates `gen_length` tokens after each prompt. Prompts may differ in length: they are
@@ -228,7 +242,7 @@ impl LladaSampler {
         let steps_per_block = c.steps / blocks;
 
         policy.reset();
-        let mut cache = FeatureCache::new();
+        let mut cache = FeatureCache::for_dtype(self.cache_dtype);
         let mut flops = FlopCounter::new();
         let mut guidance = if c.cfg_scale > 0.0 {
             match policy.guidance_interval() {
@@ -236,7 +250,7 @@ impl LladaSampler {
                 Some(interval) => Guidance::Cached {
                     interval,
                     policy: policy.fork(),
-                    cache: FeatureCache::new(),
+                    cache: FeatureCache::for_dtype(self.cache_dtype),
                     forwards: 0,
                     residual: None,
                 },

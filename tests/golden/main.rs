@@ -9,6 +9,9 @@
 //! golden: 30 passed, 0 failed, 16 unsupported, 4 informational
 //! ```
 //!
+//! `DLLM_DEVICE` (a name as `device_from_name` takes it: `ndarray`, `vulkan:cpu`, ...) runs the
+//! set on that device instead of the default flex CPU backend, under the same rules.
+//!
 //! The process fails if any case fails. What is compared, and the one tie band, are described
 //! in `harness.rs`; `tests/golden_defects.rs` plants defects into copies of cases and checks
 //! that each is reported as a failure.
@@ -25,7 +28,21 @@ fn main() -> ExitCode {
     let dir = std::env::var_os("DLLM_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden"));
-    let device = Device::default();
+    // DLLM_DEVICE runs the set on another backend (a name as `device_from_name` takes it).
+    let device = match std::env::var("DLLM_DEVICE") {
+        Ok(name) => match dllm_cache::device_from_name(&name) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("golden: DLLM_DEVICE={name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => Device::default(),
+    };
+    println!(
+        "golden: device {}",
+        std::env::var("DLLM_DEVICE").unwrap_or_else(|_| "default (flex)".into())
+    );
     let mut models = harness::Models::default();
     let cases = match harness::enumerate(&dir) {
         Ok(c) => c,

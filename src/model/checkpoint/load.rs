@@ -1,11 +1,13 @@
 //! Safetensors checkpoints (single file or sharded index) into burn modules.
 //!
 //! The loader reads each shard's header once, validates it (header length, dtypes, offsets,
-//! data size) and then reads every tensor in pieces of 1 MiB, converting f32/bf16/f16 to float32
-//! (and transposing linear weights to burn's layout) straight into the tensor's buffer. No
-//! shard and no second copy of a tensor is ever held in memory, so the peak while loading is
-//! the model so far plus the one float32 tensor being read (on a GPU backend, plus its copy on
-//! the device while it uploads) plus the 1 MiB piece.
+//! data size) and then reads every tensor in pieces of 1 MiB, converting f32/bf16/f16 to the
+//! target type (float32, or bf16/f16 for weight matrices under
+//! [`WeightDtype`](crate::WeightDtype)) and transposing linear weights to burn's layout,
+//! straight into the tensor's buffer. No shard and no second copy of a tensor is ever held in
+//! memory, so the peak while loading is the model so far in its target type plus the one
+//! tensor being read (on a GPU backend, plus its copy on the device while it uploads) plus the
+//! 1 MiB piece.
 //!
 //! The model constructors ask the loader for tensors by their role ([`super::names`]), and the
 //! loader is strict: a missing tensor, a tensor of the wrong shape or dtype, and any tensor left
@@ -18,12 +20,13 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, Metadata};
 
 use super::names::{NameTable, Role, name_of};
 use crate::error::{Error, Result};
 use crate::model::norm::RmsNorm;
+use crate::model::weights::Target;
 
 /// Bytes read from a checkpoint at a time.
 const READ_CHUNK: usize = 1 << 20;
@@ -52,6 +55,8 @@ pub(crate) struct Checkpoint {
     taken: BTreeSet<String>,
     table: NameTable,
     device: Device,
+    /// Type of the weight matrices; `None` for the device's float type.
+    matrices: Option<DType>,
 }
 
 impl Checkpoint {
@@ -165,6 +170,39 @@ impl Checkpoint {
             taken: BTreeSet::new(),
             table,
             device: device.clone(),
+            matrices: None,
+        })
+    }
+
+    /// Reads weight matrices as `dtype` (`None`: the device's float type).
+    pub(crate) fn with_matrices(mut self, dtype: Option<DType>) -> Self {
+        self.matrices = dtype;
+        self
+    }
+
+    /// A weight matrix (shape `shape`, transposed from `[rows, cols]` with `transpose`) in
+    /// the matrices' type.
+    fn matrix<const D: usize>(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        shape: [usize; D],
+        transpose: bool,
+    ) -> Result<Tensor<D>> {
+        let device = self.device.clone();
+        Ok(match self.matrices {
+            Some(DType::BF16) => Tensor::from_data(
+                TensorData::new(self.read::<half::bf16>(name, stored, transpose)?, shape),
+                (&device, DType::BF16),
+            ),
+            Some(DType::F16) => Tensor::from_data(
+                TensorData::new(self.read::<half::f16>(name, stored, transpose)?, shape),
+                (&device, DType::F16),
+            ),
+            _ => Tensor::from_data(
+                TensorData::new(self.read::<f32>(name, stored, transpose)?, shape),
+                &device,
+            ),
         })
     }
 
@@ -175,18 +213,23 @@ impl Checkpoint {
         name: &str,
         expected: [usize; D],
     ) -> Result<Tensor<D>> {
-        let values = self.read_f32(name, &expected, false)?;
+        let values = self.read::<f32>(name, &expected, false)?;
         Ok(Tensor::from_data(
             TensorData::new(values, expected),
             &self.device,
         ))
     }
 
-    /// Reads `name`, checking its shape, as float32 values; with `transpose`, a `[rows, cols]`
+    /// Reads `name`, checking its shape, as values of `E`; with `transpose`, a `[rows, cols]`
     /// tensor comes back as `[cols, rows]`. The file is read in pieces of about
     /// [`READ_CHUNK`] bytes, each converted (and transposed) into the output, so the output is
     /// the only full-size buffer.
-    fn read_f32(&mut self, name: &str, expected: &[usize], transpose: bool) -> Result<Vec<f32>> {
+    fn read<E: Target>(
+        &mut self,
+        name: &str,
+        expected: &[usize],
+        transpose: bool,
+    ) -> Result<Vec<E>> {
         let entry = self
             .entries
             .get(name)
@@ -225,14 +268,15 @@ impl Checkpoint {
             (true, &[r, c]) => (r, c),
             _ => (1, count),
         };
-        let decode = |b: &[u8]| -> f32 {
-            match dtype {
+        // Through float32, which holds every bf16 and f16 value exactly.
+        let decode = |b: &[u8]| -> E {
+            E::from_f32(match dtype {
                 Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
                 Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
                 _ => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            }
+            })
         };
-        let mut out = vec![0f32; count];
+        let mut out = vec![E::default(); count];
         shard
             .file
             .seek(SeekFrom::Start(entry.start))
@@ -289,9 +333,7 @@ impl Checkpoint {
         d_out: usize,
     ) -> Result<Linear> {
         let name = self.role_name(role, layer);
-        let transposed = self.read_f32(&name, &[d_out, d_in], true)?;
-        let weight =
-            Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), &self.device);
+        let weight = self.matrix::<2>(&name, &[d_out, d_in], [d_in, d_out], true)?;
         let bias = match bias {
             Some(b) => {
                 let name = self.role_name(b, layer);
@@ -315,7 +357,7 @@ impl Checkpoint {
     pub(crate) fn embedding(&mut self, role: Role, rows: usize, d: usize) -> Result<Embedding> {
         let name = self.role_name(role, 0);
         Ok(Embedding {
-            weight: Param::from_tensor(self.tensor::<2>(&name, [rows, d])?),
+            weight: Param::from_tensor(self.matrix::<2>(&name, &[rows, d], [rows, d], false)?),
         })
     }
 
@@ -485,13 +527,20 @@ mod tests {
         )
         .unwrap();
         for name in ["a", "b"] {
-            let flat = ckpt.read_f32(name, &[rows, cols], false).unwrap();
-            let t = ckpt.read_f32(name, &[rows, cols], true).unwrap();
+            let flat = ckpt.read::<f32>(name, &[rows, cols], false).unwrap();
+            let t = ckpt.read::<f32>(name, &[rows, cols], true).unwrap();
+            // Straight into a 16-bit target, as 16-bit weight matrices load.
+            let t16 = ckpt.read::<half::bf16>(name, &[rows, cols], true).unwrap();
             for r in [0, 1, 333, rows - 1] {
                 for c in [0, 7, cols - 1] {
                     // Integers below 256 in magnitude are exact in bf16.
                     assert_eq!(flat[r * cols + c], values[r * cols + c], "{name}");
                     assert_eq!(t[c * rows + r], values[r * cols + c], "{name} transposed");
+                    assert_eq!(
+                        t16[c * rows + r].to_f32(),
+                        values[r * cols + c],
+                        "{name} bf16"
+                    );
                 }
             }
         }

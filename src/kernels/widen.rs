@@ -1,0 +1,227 @@
+//! `x · w` on the flex backend for float32 activations and a 16-bit (bf16 or f16) weight,
+//! computed in float32 without ever holding a float32 copy of the weight.
+//!
+//! The weight `[k, n]` is cut into panels of at most [`K_BLOCK`] rows and [`N_BLOCK`]
+//! columns. A task owns a band of output columns; for each panel of its band it widens the
+//! panel into a float32 buffer the size of L2 (512 KiB) and multiplies it in with one
+//! accumulating gemm. The widening reads each weight element once per call, which next to the
+//! `m` multiply-adds per element is a small cost for the 16+ rows of a cached step and
+//! negligible for a full pass; the weight stream itself is half as many bytes as float32.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor, TensorData};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::simd::vectorised;
+
+/// Weight rows per panel.
+const K_BLOCK: usize = 512;
+/// Most weight columns per panel (and per task's band).
+const N_BLOCK: usize = 256;
+
+/// The 16-bit storage of a weight.
+enum Weight<'a> {
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Weight<'_> {
+    /// Rows `rows` and columns `cols` of the `[_, n]` row-major weight, widened into
+    /// `panel` (row-major, `cols.len()` wide).
+    fn widen(
+        &self,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        panel: &mut [f32],
+    ) {
+        let width = cols.len();
+        match self {
+            Weight::Bf16(w) => vectorised(
+                #[inline(always)]
+                || {
+                    for (i, r) in rows.enumerate() {
+                        let src = &w[r * n + cols.start..r * n + cols.end];
+                        let dst = &mut panel[i * width..(i + 1) * width];
+                        // A bf16 is the upper half of the float32 with the same value.
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+                        }
+                    }
+                },
+            ),
+            // half converts with F16C where the CPU has it (checked at run time).
+            Weight::F16(w) => {
+                for (i, r) in rows.enumerate() {
+                    w[r * n + cols.start..r * n + cols.end]
+                        .convert_to_f32_slice(&mut panel[i * width..(i + 1) * width]);
+                }
+            }
+        }
+    }
+}
+
+/// The output matrix, written in disjoint column bands from several tasks.
+struct Bands(*mut f32);
+
+// SAFETY: tasks write disjoint column bands (see the loop in `linear`).
+unsafe impl Sync for Bands {}
+
+impl Bands {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `None` when an operand is not a flex tensor of the expected dtypes and shapes (the
+/// caller then uses burn's ops).
+pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
+    let [b, m, k] = x.dims();
+    let [wk, n] = w.dims();
+    if wk != k || x.dtype() != DType::F32 {
+        return None;
+    }
+    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+    let xp = if xp.as_slice::<f32>().is_some() {
+        xp
+    } else {
+        xp.to_contiguous()
+    };
+    let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
+    let weight = match wp.dtype() {
+        DType::BF16 => Weight::Bf16(wp.as_slice::<bf16>()?),
+        DType::F16 => Weight::F16(wp.as_slice::<f16>()?),
+        _ => return None,
+    };
+    let xs = xp.as_slice::<f32>()?;
+    let rows = b * m;
+    if xs.len() != rows * k
+        || match &weight {
+            Weight::Bf16(s) => s.len(),
+            Weight::F16(s) => s.len(),
+        } != k * n
+    {
+        return None;
+    }
+    let mut out = vec![0f32; rows * n];
+    if rows > 0 && n > 0 && k > 0 {
+        // Bands narrow enough that both threads have work on small outputs, never below
+        // 64 columns (the gemm's efficient width).
+        let threads = rayon::current_num_threads().max(1);
+        let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
+        let bands = Bands(out.as_mut_ptr());
+        (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
+            let cols = t * band..((t + 1) * band).min(n);
+            let width = cols.len();
+            let mut panel = vec![0f32; K_BLOCK.min(k) * width];
+            for k0 in (0..k).step_by(K_BLOCK) {
+                let kb = K_BLOCK.min(k - k0);
+                let panel = &mut panel[..kb * width];
+                weight.widen(n, k0..k0 + kb, cols.clone(), panel);
+                assert!(xs.len() >= (rows - 1) * k + k0 + kb);
+                // SAFETY: dst is columns `cols` of the [rows x n] row-major `out` (rows * n
+                // elements, allocated above; this task's band, which no other task
+                // writes, and `out` outlives the loop); lhs is columns k0..k0 + kb of the
+                // [rows x k] row-major `xs` (length asserted); rhs is the [kb x width]
+                // row-major `panel` (exactly kb * width elements).
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        width,
+                        kb,
+                        bands.at(cols.start),
+                        1,
+                        n as isize,
+                        k0 > 0,
+                        xs.as_ptr().add(k0),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        1,
+                        width as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [b, m, n]),
+        &x.device(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                (h % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn widened_product_matches_float64_on_ragged_shapes() {
+        let device = Device::flex();
+        // Shapes with remainders in every blocking: k over two panels, n over several
+        // bands with a short last one, and a single row.
+        for (b, m, k, n) in [(1, 1, 7, 5), (2, 3, 1030, 300), (1, 17, 512, 64)] {
+            let xv = values(b * m * k, 1);
+            let wv = values(k * n, 2);
+            for dtype in [DType::BF16, DType::F16] {
+                let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, m, k]), &device);
+                let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [k, n]), &device)
+                    .cast(dtype);
+                let wr: Vec<f32> = w
+                    .clone()
+                    .cast(DType::F32)
+                    .into_data()
+                    .try_into_vec()
+                    .unwrap();
+                let got: Vec<f32> = linear(&x, &w)
+                    .expect("kernel applies")
+                    .into_data()
+                    .try_into_vec()
+                    .unwrap();
+                assert_eq!(got.len(), b * m * n);
+                for r in 0..b * m {
+                    for c in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|i| f64::from(xv[r * k + i]) * f64::from(wr[i * n + c]))
+                            .sum();
+                        let g = got[r * n + c];
+                        assert!(
+                            (f64::from(g) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{dtype:?} {b}x{m}x{k}x{n} [{r},{c}]: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_float32_weights_and_bad_shapes() {
+        let device = Device::flex();
+        let x = Tensor::<3>::zeros([1, 2, 4], &device);
+        assert!(linear(&x, &Tensor::<2>::zeros([4, 3], &device)).is_none());
+        let w = Tensor::<2>::zeros([5, 3], &device).cast(DType::BF16);
+        assert!(linear(&x, &w).is_none());
+    }
+}
