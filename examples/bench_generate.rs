@@ -85,6 +85,13 @@ struct Args {
     /// reproducible).
     #[arg(long)]
     device_random: bool,
+    /// Write the model (config.json + model.safetensors, float32) to this folder and exit,
+    /// so that another implementation can load the same weights (scripts/bench-vs-torch.sh).
+    #[arg(long)]
+    save_model: Option<PathBuf>,
+    /// Untimed warm-up generations before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// The device's matmul peak in TFLOP/s for this dtype: adds `peak_fraction` (counted
     /// FLOPs per second over the peak) to the JSON.
     #[arg(long)]
@@ -184,6 +191,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let load_seconds = loading.elapsed().as_secs_f64();
+    if let Some(dir) = &a.save_model {
+        match &model {
+            Model::Llada(m) => m.save_dir(dir, dllm_cache::model::SaveDtype::F32)?,
+            Model::Dream(m) => m.save_dir(dir, dllm_cache::model::SaveDtype::F32)?,
+        }
+        println!("saved {name} to {}", dir.display());
+        return Ok(());
+    }
     let denoiser: &dyn Denoiser = match &model {
         Model::Llada(m) => m,
         Model::Dream(m) => m,
@@ -237,7 +252,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .generate(m, &prompt, policy),
         }
     };
-    run(policy.as_mut())?; // warm-up
+    for _ in 0..a.warmup {
+        run(policy.as_mut())?;
+    }
     let mut seconds = Vec::with_capacity(a.repeat);
     let mut last = None;
     for _ in 0..a.repeat.max(1) {
@@ -281,6 +298,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "gflops_per_s": out.stats.flops.total() as f64 / mean / 1e9,
         "cache_bytes": out.stats.peak_cache_bytes,
         "load_seconds": load_seconds,
+        "response": out.sequences.first().map(|r| &r[r.len().saturating_sub(a.gen_len)..]),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_fraction": a.peak_tflops.filter(|p| *p > 0.0).map(|p| out.stats.flops.total() as f64 / mean / (p * 1e12)),
     });

@@ -83,14 +83,14 @@ pub(crate) fn silu_mul(
     Err((gate, up))
 }
 
-/// `x · w` for float32 `x` and a bf16 or f16 weight, in float32, without a float32 copy of
-/// the weight; `None` where no kernel applies (not flex, other dtypes, feature off), and the
-/// caller widens the weight with burn's ops.
+/// `x · w` for float32 `x` and a float32, bf16 or f16 weight, in float32, one single-threaded
+/// gemm per output tile, without a float32 copy of a 16-bit weight; `None` where no kernel
+/// applies (not flex, other dtypes, feature off), and the caller uses burn's ops.
 ///
 /// # Shapes
 /// - `x`: `[batch, rows, d_in]`, `w`: `[d_in, d_out]`; returns `[batch, rows, d_out]`.
 #[allow(unused_variables)] // without the kernels every call declines
-pub(crate) fn linear_widening(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
+pub(crate) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
     if x.device() == burn::tensor::Device::flex() {
         return widen::linear(x, w);

@@ -1,12 +1,15 @@
-//! `x · w` on the flex backend for float32 activations and a 16-bit (bf16 or f16) weight,
-//! computed in float32 without ever holding a float32 copy of the weight.
+//! `x · w` on the flex backend for float32 activations and a float32, bf16 or f16 weight,
+//! computed in float32 without ever holding a float32 copy of a 16-bit weight.
 //!
-//! The weight `[k, n]` is cut into panels of at most [`K_BLOCK`] rows and [`N_BLOCK`]
-//! columns. A task owns a band of output columns; for each panel of its band it widens the
-//! panel into a float32 buffer the size of L2 (512 KiB) and multiplies it in with one
-//! accumulating gemm. The widening reads each weight element once per call, which next to the
-//! `m` multiply-adds per element is a small cost for the 16+ rows of a cached step and
-//! negligible for a full pass; the weight stream itself is half as many bytes as float32.
+//! The output `[m, n]` is cut into tiles of at most [`M_BLOCK`] rows by one band of at most
+//! [`N_BLOCK`] columns, one task each, every task a single-threaded gemm (no synchronisation
+//! inside a product; burn-flex's matmul instead splits each product inside the gemm). A
+//! float32 weight is read in place. A 16-bit weight is cut into panels of at most [`K_BLOCK`]
+//! rows: for each panel of its band a task widens it into a float32 buffer the size of L2
+//! (512 KiB) and multiplies it in with one accumulating gemm. The widening reads each weight
+//! element once per row tile, small next to the multiply-adds of the tile's rows for the 16+
+//! rows of a cached step and negligible for a full pass; the weight stream itself is half as
+//! many bytes as float32.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -19,11 +22,14 @@ use super::simd::vectorised;
 
 /// Weight rows per panel.
 const K_BLOCK: usize = 512;
+/// Most output rows per task.
+const M_BLOCK: usize = 256;
 /// Most weight columns per panel (and per task's band).
 const N_BLOCK: usize = 256;
 
-/// The 16-bit storage of a weight.
+/// The storage of a weight.
 enum Weight<'a> {
+    F32(&'a [f32]),
     Bf16(&'a [bf16]),
     F16(&'a [f16]),
 }
@@ -40,6 +46,12 @@ impl Weight<'_> {
     ) {
         let width = cols.len();
         match self {
+            Weight::F32(w) => {
+                for (i, r) in rows.enumerate() {
+                    panel[i * width..(i + 1) * width]
+                        .copy_from_slice(&w[r * n + cols.start..r * n + cols.end]);
+                }
+            }
             Weight::Bf16(w) => vectorised(
                 #[inline(always)]
                 || {
@@ -92,6 +104,7 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     };
     let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
     let weight = match wp.dtype() {
+        DType::F32 => Weight::F32(wp.as_slice::<f32>()?),
         DType::BF16 => Weight::Bf16(wp.as_slice::<bf16>()?),
         DType::F16 => Weight::F16(wp.as_slice::<f16>()?),
         _ => return None,
@@ -100,6 +113,7 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     let rows = b * m;
     if xs.len() != rows * k
         || match &weight {
+            Weight::F32(s) => s.len(),
             Weight::Bf16(s) => s.len(),
             Weight::F16(s) => s.len(),
         } != k * n
@@ -113,30 +127,67 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
         let threads = rayon::current_num_threads().max(1);
         let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
         let bands = Bands(out.as_mut_ptr());
-        (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
-            let cols = t * band..((t + 1) * band).min(n);
+        let row_blocks = rows.div_ceil(M_BLOCK);
+        let col_bands = n.div_ceil(band);
+        (0..row_blocks * col_bands).into_par_iter().for_each(|t| {
+            let (rb, cb) = (t / col_bands, t % col_bands);
+            let r0 = rb * M_BLOCK;
+            let m = M_BLOCK.min(rows - r0);
+            let cols = cb * band..((cb + 1) * band).min(n);
             let width = cols.len();
+            let dst = bands.at(r0 * n + cols.start);
+            let lhs = &xs[r0 * k..(r0 + m) * k];
+            if let Weight::F32(w) = &weight {
+                assert!(w.len() >= (k - 1) * n + cols.end);
+                // SAFETY: dst is the [m x width] tile at rows r0.., columns `cols` of the
+                // [rows x n] row-major `out` (allocated above with rows * n elements; this
+                // task's tile, which no other task writes, and `out` outlives the loop); lhs
+                // is the [m x k] row-major slice `lhs` (exactly m * k elements); rhs is
+                // columns `cols` of the [k x n] row-major weight (length asserted).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        width,
+                        k,
+                        dst,
+                        1,
+                        n as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr().add(cols.start),
+                        1,
+                        n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                return;
+            }
             let mut panel = vec![0f32; K_BLOCK.min(k) * width];
             for k0 in (0..k).step_by(K_BLOCK) {
                 let kb = K_BLOCK.min(k - k0);
                 let panel = &mut panel[..kb * width];
                 weight.widen(n, k0..k0 + kb, cols.clone(), panel);
-                assert!(xs.len() >= (rows - 1) * k + k0 + kb);
-                // SAFETY: dst is columns `cols` of the [rows x n] row-major `out` (rows * n
-                // elements, allocated above; this task's band, which no other task
-                // writes, and `out` outlives the loop); lhs is columns k0..k0 + kb of the
-                // [rows x k] row-major `xs` (length asserted); rhs is the [kb x width]
-                // row-major `panel` (exactly kb * width elements).
+                assert!(lhs.len() >= (m - 1) * k + k0 + kb);
+                // SAFETY: dst as above; lhs is columns k0..k0 + kb of the [m x k] row-major
+                // `lhs` (length asserted); rhs is the [kb x width] row-major `panel`
+                // (exactly kb * width elements).
                 unsafe {
                     gemm::gemm(
-                        rows,
+                        m,
                         width,
                         kb,
-                        bands.at(cols.start),
+                        dst,
                         1,
                         n as isize,
                         k0 > 0,
-                        xs.as_ptr().add(k0),
+                        lhs.as_ptr().add(k0),
                         1,
                         k as isize,
                         panel.as_ptr(),
@@ -180,11 +231,16 @@ mod tests {
     fn widened_product_matches_float64_on_ragged_shapes() {
         let device = Device::flex();
         // Shapes with remainders in every blocking: k over two panels, n over several
-        // bands with a short last one, and a single row.
-        for (b, m, k, n) in [(1, 1, 7, 5), (2, 3, 1030, 300), (1, 17, 512, 64)] {
+        // bands with a short last one, a single row, and 300 rows over two row tiles.
+        for (b, m, k, n) in [
+            (1, 1, 7, 5),
+            (2, 3, 1030, 300),
+            (1, 17, 512, 64),
+            (2, 150, 40, 90),
+        ] {
             let xv = values(b * m * k, 1);
             let wv = values(k * n, 2);
-            for dtype in [DType::BF16, DType::F16] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, m, k]), &device);
                 let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [k, n]), &device)
                     .cast(dtype);
@@ -217,11 +273,14 @@ mod tests {
     }
 
     #[test]
-    fn declines_float32_weights_and_bad_shapes() {
+    fn declines_bad_shapes_and_other_dtypes() {
         let device = Device::flex();
         let x = Tensor::<3>::zeros([1, 2, 4], &device);
-        assert!(linear(&x, &Tensor::<2>::zeros([4, 3], &device)).is_none());
         let w = Tensor::<2>::zeros([5, 3], &device).cast(DType::BF16);
         assert!(linear(&x, &w).is_none());
+        let w = Tensor::<2>::zeros([4, 3], &device).cast(DType::F64);
+        assert!(linear(&x, &w).is_none());
+        let x16 = x.cast(DType::BF16);
+        assert!(linear(&x16, &Tensor::<2>::zeros([4, 3], &device)).is_none());
     }
 }

@@ -80,7 +80,7 @@ impl Backbone {
         let [_, vocab] = self.head.weight.dims();
         ctx.flops.add_lm_head(b * rows, d, vocab);
         ctx.flops.forwards += 1;
-        Ok(super::block::linear(&self.head, x))
+        Ok(super::block::apply(&self.head, x))
     }
 }
 

@@ -52,7 +52,7 @@ impl Block {
         let [b, n, _] = x.dims();
         let [d_in, d_out] = lin.weight.dims();
         flops.add_linear(b * n, d_in, d_out);
-        linear(lin, x)
+        apply(lin, x)
     }
 
     pub(super) fn ffn(&self, x: Tensor<3>, flops: &mut FlopCounter) -> Tensor<3> {
@@ -87,19 +87,37 @@ impl Block {
     }
 }
 
-/// `x · W + b` for a weight held in the activations' type or a narrower one (16-bit weights,
-/// [`WeightDtype`](crate::WeightDtype)): the widening kernel where one applies, else the weight
-/// widened by burn's ops for the one product.
+/// `x · W + b` as the models compute every linear layer: on flex with float32 activations the
+/// crate's kernel (one single-threaded gemm per output tile; a 16-bit weight,
+/// [`WeightDtype`](crate::WeightDtype), widened panel by panel inside it), elsewhere burn's
+/// `Linear::forward`, or for a narrower weight the weight widened by burn's ops for the one
+/// product. Public so that benchmarks and modules of your own run the same path.
 ///
 /// # Shapes
-/// - `x`: `[batch, rows, d_in]`; returns `[batch, rows, d_out]`.
-pub(super) fn linear(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let w = lin.weight.val();
-    if w.dtype() == x.dtype() {
-        return lin.forward(x);
+/// - `x`: `[batch, rows, d_in]`, `lin.weight`: `[d_in, d_out]`, `lin.bias` (if any):
+///   `[d_out]`; returns `[batch, rows, d_out]`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the shapes do not fit.
+pub fn linear(lin: &Linear, x: Tensor<3>) -> crate::Result<Tensor<3>> {
+    let [d_in, d_out] = lin.weight.dims();
+    let [_, _, x_in] = x.dims();
+    let bias = lin.bias.as_ref().map(|b| b.dims());
+    if x_in != d_in || bias.is_some_and(|b| b != [d_out]) {
+        return Err(crate::Error::invalid(
+            "linear",
+            format!("input width {x_in} against a [{d_in}, {d_out}] weight (bias {bias:?})"),
+        ));
     }
-    let y = match crate::kernels::linear_widening(&x, &w) {
+    Ok(apply(lin, x))
+}
+
+/// [`linear`] on shapes the model guarantees.
+pub(super) fn apply(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let w = lin.weight.val();
+    let y = match crate::kernels::linear(&x, &w) {
         Some(y) => y,
+        None if w.dtype() == x.dtype() => return lin.forward(x),
         None => {
             let dtype = x.dtype();
             x.matmul(w.cast(dtype).unsqueeze())

@@ -35,7 +35,7 @@ mod stream;
 pub(crate) mod weights;
 
 pub use backbone::Backbone;
-pub use block::Block;
+pub use block::{Block, linear};
 pub use checkpoint::{SaveDtype, TensorHeader, inspect_safetensors};
 pub use norm::RmsNorm;
 pub use weights::{LoadOptions, WeightDtype};

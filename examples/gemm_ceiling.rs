@@ -1,0 +1,179 @@
+//! Matrix-product throughput at the real shapes of a model: the crate's linear path (what every
+//! layer of the models runs) and burn-flex's own matmul, in float32 GFLOP/s, with the CPU named.
+//! `scripts/gemm-ceiling.sh` runs this beside numpy (OpenBLAS) on the same shapes.
+//!
+//! ```text
+//! cargo run --release --example gemm_ceiling -- --d-model 512 --mlp 1376 --vocab 32000 --json
+//! ```
+//!
+//! Shapes: for a full pass over `prompt + gen` rows (prompts 256 and 1024 by default) and for
+//! a cached step's 16, 32 and 64 rows, the four projections (`d x d`), gate/up (`d x mlp`),
+//! down (`mlp x d`) and the LM head over a 16-row block (`d x vocab`). Each product is timed
+//! over enough repetitions to take about `--seconds`, after one warm-up; the best of three
+//! such measurements is reported.
+
+use std::time::Instant;
+
+use clap::Parser;
+use dllm_cache::burn::module::Param;
+use dllm_cache::burn::nn::Linear;
+use dllm_cache::burn::tensor::{DType, Device, Distribution, Tensor};
+
+#[path = "shared/cli.rs"]
+mod cli;
+
+#[derive(Parser, Debug)]
+#[command(about = "f32 matmul GFLOP/s at a model's shapes")]
+struct Args {
+    #[arg(long, default_value_t = 512)]
+    d_model: usize,
+    #[arg(long, default_value_t = 1376)]
+    mlp: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    /// Generated tokens of the full passes (rows = prompt + gen).
+    #[arg(long, default_value_t = 64)]
+    gen_len: usize,
+    /// Prompt lengths of the full passes, comma-separated.
+    #[arg(long, default_value = "256,1024")]
+    prompts: String,
+    /// Rows of the cached steps, comma-separated.
+    #[arg(long, default_value = "16,32,64")]
+    step_rows: String,
+    /// Target seconds per measurement.
+    #[arg(long, default_value_t = 0.3)]
+    seconds: f64,
+    /// Also time the crate's path with bf16 weights.
+    #[arg(long)]
+    bf16: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The CPU's model name, as the OS reports it.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Best of three: seconds per call of `f`, each measurement about `target` seconds long.
+fn time(target: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    f();
+    let once = start.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((target / once) as usize).clamp(1, 10_000);
+    (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            start.elapsed().as_secs_f64() / reps as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|v| v.trim().parse().map_err(|e| format!("`{v}`: {e}")))
+        .collect()
+}
+
+fn main() -> std::process::ExitCode {
+    cli::exit(run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let device = Device::flex();
+    let (d, f, v) = (a.d_model, a.mlp, a.vocab);
+    let mut shapes: Vec<(String, usize, usize, usize)> = Vec::new();
+    for p in list(&a.prompts)? {
+        let rows = p + a.gen_len;
+        for (name, k, n) in [("qkvo", d, d), ("gate/up", d, f), ("down", f, d)] {
+            shapes.push((format!("full p{p}: {name}"), rows, k, n));
+        }
+    }
+    for rows in list(&a.step_rows)? {
+        for (name, k, n) in [("qkvo", d, d), ("gate/up", d, f), ("down", f, d)] {
+            shapes.push((format!("step {rows} rows: {name}"), rows, k, n));
+        }
+    }
+    shapes.push(("lm head, 16 rows".into(), 16, d, v));
+    let mut results = Vec::new();
+    for (name, m, k, n) in &shapes {
+        let (m, k, n) = (*m, *k, *n);
+        let x = Tensor::<3>::random([1, m, k], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &device);
+        let lin = |w: Tensor<2>| Linear {
+            weight: Param::from_tensor(w),
+            bias: None,
+        };
+        let f32_lin = lin(w.clone());
+        let flops = 2.0 * (m * k * n) as f64;
+        let burn = time(a.seconds, || {
+            let _ = x.clone().matmul(w.clone().unsqueeze()).into_data();
+        });
+        let crate_f32 = time(a.seconds, || {
+            let _ = dllm_cache::model::linear(&f32_lin, x.clone())
+                .expect("shapes fit")
+                .into_data();
+        });
+        let crate_bf16 = if a.bf16 {
+            let bf16_lin = lin(w.clone().cast(DType::BF16));
+            Some(time(a.seconds, || {
+                let _ = dllm_cache::model::linear(&bf16_lin, x.clone())
+                    .expect("shapes fit")
+                    .into_data();
+            }))
+        } else {
+            None
+        };
+        results.push(serde_json::json!({
+            "shape": name, "m": m, "k": k, "n": n,
+            "crate_f32_gflops": flops / crate_f32 / 1e9,
+            "burn_flex_f32_gflops": flops / burn / 1e9,
+            "crate_bf16_weights_gflops": crate_bf16.map(|t| flops / t / 1e9),
+        }));
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let json = serde_json::json!({
+        "cpu": cpu_model(),
+        "threads": threads,
+        "x86_v4_feature": cfg!(feature = "x86-v4"),
+        "shapes": results,
+    });
+    if a.json {
+        println!("{json}");
+    } else {
+        println!("CPU: {} ({threads} threads)", cpu_model());
+        println!(
+            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>10} {:>10}",
+            "shape", "m", "k", "n", "crate f32", "burn f32", "crate bf16"
+        );
+        for r in json["shapes"].as_array().into_iter().flatten() {
+            println!(
+                "{:<28} {:>6} {:>6} {:>6} {:>10.1} {:>10.1} {:>10}",
+                r["shape"].as_str().unwrap_or(""),
+                r["m"].as_u64().unwrap_or(0),
+                r["k"].as_u64().unwrap_or(0),
+                r["n"].as_u64().unwrap_or(0),
+                r["crate_f32_gflops"].as_f64().unwrap_or(f64::NAN),
+                r["burn_flex_f32_gflops"].as_f64().unwrap_or(f64::NAN),
+                r["crate_bf16_weights_gflops"]
+                    .as_f64()
+                    .map_or("-".into(), |g| format!("{g:.1}")),
+            );
+        }
+    }
+    Ok(())
+}
