@@ -145,26 +145,11 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
                 // is the [m x k] row-major slice `lhs` (exactly m * k elements); rhs is
                 // columns `cols` of the [k x n] row-major weight (length asserted).
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        width,
-                        k,
-                        dst,
-                        1,
-                        n as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr().add(cols.start),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                    gemm_rows(
+                        [m, width, k],
+                        (dst, n, false),
+                        (lhs.as_ptr(), k),
+                        (w.as_ptr().add(cols.start), n),
                     );
                 }
                 return;
@@ -179,26 +164,11 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
                 // `lhs` (length asserted); rhs is the [kb x width] row-major `panel`
                 // (exactly kb * width elements).
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        width,
-                        kb,
-                        dst,
-                        1,
-                        n as isize,
-                        k0 > 0,
-                        lhs.as_ptr().add(k0),
-                        1,
-                        k as isize,
-                        panel.as_ptr(),
-                        1,
-                        width as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                    gemm_rows(
+                        [m, width, kb],
+                        (dst, n, k0 > 0),
+                        (lhs.as_ptr().add(k0), k),
+                        (panel.as_ptr(), width),
                     );
                 }
             }
@@ -208,6 +178,44 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
         TensorData::new(out, [b, m, n]),
         &x.device(),
     ))
+}
+
+/// `dst (+)= lhs · rhs` for row-major matrices (`[m, n] (+)= [m, k] · [k, n]`), each given
+/// as a pointer and a row stride, single-threaded; `dst.2` says whether to accumulate.
+///
+/// # Safety
+/// Every pointer must be valid for its matrix at its row stride (reads for `lhs` and `rhs`,
+/// writes for `dst`), and nothing else may access `dst`'s elements during the call.
+unsafe fn gemm_rows(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize, bool),
+    lhs: (*const f32, usize),
+    rhs: (*const f32, usize),
+) {
+    // SAFETY: the caller's contract; unit column strides match the row-major layouts.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            dst.1 as isize,
+            dst.2,
+            lhs.0,
+            1,
+            lhs.1 as isize,
+            rhs.0,
+            1,
+            rhs.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 #[cfg(test)]
