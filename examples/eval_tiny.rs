@@ -1,55 +1,91 @@
-//! Exact-match accuracy of the shipped tiny model on held-out problems, without and with
-//! dLLM-Cache at several settings, with the FLOPs reduction and the wall-clock speedup of each
-//! setting measured in the same run.
+//! Exact match of a shipped tiny model on held-out problems of its tasks under every cache
+//! policy and decoding rule of the crate, with the forwards, the FLOPs reduction and the
+//! wall-clock speedup of each setting measured in the same run.
 //!
 //! ```text
-//! cargo run --release --example eval_tiny            # a table
-//! cargo run --release --example eval_tiny -- --json  # one JSON object
+//! cargo run --release --example eval_tiny                                        # models/tiny-llada
+//! cargo run --release --example eval_tiny -- --model models/tiny-llada-hard --json
+//! cargo run --release --example eval_tiny -- --model models/tiny-llada-hard --svg docs/quality-vs-speed.svg
 //! ```
 //!
-//! Every setting answers the same problems (the first `--problems` of the held-out split drawn
-//! from `--seed`), greedily, one token per step (8 steps for 8 tokens).
+//! Every setting answers the same problems (the first `--problems` held-out problems of each
+//! task drawn from `--seed`; never trained on), greedily. The settings take turns batch by
+//! batch, so a drift of the machine's speed during the run reaches all of them alike. Ratios
+//! are against the first setting (no cache, fixed schedule), totalled over the tasks and per
+//! task. `nfe` is forwards per generation call (per problem at `--batch 1`).
+//!
+//! The task set follows the model: `hard` (`examples/shared/hard_tasks.rs`: 16-digit addition
+//! and long-prompt lookup, 32 tokens in blocks of 8, 32 steps) for a model whose
+//! `generation_config.json` asks for 32 new tokens, else `digits` (the shipped tiny model's
+//! few-shot digit operations, one task per operation, 8 tokens in 8 steps); `--tasks`
+//! overrides it.
 
 #[path = "shared/cli.rs"]
 mod cli;
+#[path = "shared/hard_tasks.rs"]
+mod hard_tasks;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dllm_cache::burn::tensor::Device;
-use dllm_cache::{
-    CachePolicy, DllmCacheConfig, FlopCounter, Llada, LladaSamplerConfig, NoCache, SplitMix64,
-};
-use tiny_task::*;
+use dllm_cache::pipeline::CacheChoice;
+use dllm_cache::sampler::CommitRule;
+use dllm_cache::{DllmCacheConfig, FlopCounter, Llada, LladaSamplerConfig, SplitMix64};
+use plotters::prelude::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Tasks {
+    /// Decide from the model's generation_config.json.
+    Auto,
+    /// The few-shot digit operations of models/tiny-llada.
+    Digits,
+    /// Addition and long-prompt lookup of models/tiny-llada-hard.
+    Hard,
+}
 
 #[derive(Parser, Debug)]
-#[command(about = "Evaluate the tiny model with and without dLLM-Cache")]
+#[command(about = "Evaluate a tiny model under every cache policy and decoding rule")]
 struct Args {
-    /// Model folder.
+    /// Model folder (default: the shipped models/tiny-llada).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Held-out problems to answer.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, value_enum, default_value_t = Tasks::Auto)]
+    tasks: Tasks,
+    /// Held-out problems per task (for `digits`, per operation).
+    #[arg(long, default_value_t = 300)]
     problems: usize,
-    /// Seed of the held-out problem stream.
+    /// Problems per generation call (a batch of equal-length prompts).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seed of the held-out problem streams.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the accuracy-against-speedup plot (SVG) to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
+/// One evaluated configuration: a cache policy and a commit rule.
 struct Setting {
     name: &'static str,
-    policy: Option<DllmCacheConfig>,
+    /// The policy's name in the JSON output.
+    policy: &'static str,
+    cache: CacheChoice,
+    decode: CommitRule,
 }
 
+/// The table's settings, fixed before any was measured: the aggressive ones are chosen to be
+/// aggressive (the response never or rarely refreshed, nothing re-verified), not tuned.
 fn settings() -> Vec<Setting> {
     let dllm = |kp, kr, rho, l0| {
-        Some(
+        CacheChoice::Dllm(
             DllmCacheConfig::new()
                 .with_prompt_interval(kp)
                 .with_response_interval(kr)
@@ -57,36 +93,199 @@ fn settings() -> Vec<Setting> {
                 .with_refresh_first_layer(l0),
         )
     };
+    let s = |name, policy, cache, decode| Setting {
+        name,
+        policy,
+        cache,
+        decode,
+    };
+    use CommitRule::{Schedule, Threshold};
     vec![
-        Setting {
-            name: "none",
-            policy: None,
-        },
-        Setting {
-            name: "dllm 100/7/0.25 (official defaults)",
-            policy: dllm(100, 7, 0.25, true),
-        },
-        Setting {
-            name: "dllm 100/4/0.25",
-            policy: dllm(100, 4, 0.25, true),
-        },
-        Setting {
-            name: "dllm 100/7/0.25, layer 0 cached",
-            policy: dllm(100, 7, 0.25, false),
-        },
-        Setting {
-            name: "dllm 100/8/0 (aggressive)",
-            policy: dllm(100, 8, 0.0, false),
-        },
+        s("none", "none", CacheChoice::None, Schedule),
+        s(
+            "dllm 100/7/0.25 (official defaults)",
+            "dllm:100/7/0.25",
+            dllm(100, 7, 0.25, true),
+            Schedule,
+        ),
+        s(
+            "dllm 25/5/0.25",
+            "dllm:25/5/0.25",
+            dllm(25, 5, 0.25, true),
+            Schedule,
+        ),
+        s(
+            "dllm 100/16/0, layer 0 cached (aggressive)",
+            "dllm:100/16/0:cached-layer0",
+            dllm(100, 16, 0.0, false),
+            Schedule,
+        ),
+        s(
+            "dllm 100/32/0, layer 0 cached (aggressive)",
+            "dllm:100/32/0:cached-layer0",
+            dllm(100, 32, 0.0, false),
+            Schedule,
+        ),
+        s("prefix", "prefix", CacheChoice::Prefix, Schedule),
+        s("dual", "dual", CacheChoice::Dual, Schedule),
+        s("threshold 0.9", "none", CacheChoice::None, Threshold(0.9)),
+        s("threshold 0.7", "none", CacheChoice::None, Threshold(0.7)),
+        s(
+            "dual + threshold 0.9",
+            "dual",
+            CacheChoice::Dual,
+            Threshold(0.9),
+        ),
+        s(
+            "dual + threshold 0.7",
+            "dual",
+            CacheChoice::Dual,
+            Threshold(0.7),
+        ),
+        s(
+            "dllm 100/7/0.25 + threshold 0.9",
+            "dllm:100/7/0.25",
+            dllm(100, 7, 0.25, true),
+            Threshold(0.9),
+        ),
     ]
 }
 
-struct Outcome {
-    accuracy: f64,
-    /// (operation, correct, total)
-    by_op: Vec<(Op, usize, usize)>,
+/// A held-out problem, tokenized.
+struct Problem {
+    prompt: Vec<u32>,
+    answer: String,
+}
+
+/// A task's problems and how its responses are decoded.
+struct TaskSet {
+    name: &'static str,
+    /// (task name, its problems)
+    tasks: Vec<(&'static str, Vec<Problem>)>,
+    gen_length: usize,
+    block_length: usize,
+}
+
+fn task_set(kind: Tasks, problems: usize, seed: u64) -> TaskSet {
+    match kind {
+        Tasks::Hard | Tasks::Auto => TaskSet {
+            name: "hard",
+            tasks: hard_tasks::Task::ALL
+                .iter()
+                .map(|&task| {
+                    let mut rng = SplitMix64::new(seed ^ (0x9e37 * (task as u64 + 1)));
+                    let list = (0..problems)
+                        .map(|_| {
+                            let p = hard_tasks::next_eval_problem(&mut rng, task);
+                            Problem {
+                                prompt: tiny_task::encode_prompt(&p.prompt),
+                                answer: p.answer,
+                            }
+                        })
+                        .collect();
+                    (task.name(), list)
+                })
+                .collect(),
+            gen_length: hard_tasks::GEN_LENGTH,
+            block_length: hard_tasks::BLOCK_LENGTH,
+        },
+        Tasks::Digits => {
+            let mut rng = SplitMix64::new(seed);
+            let names = ["copy", "increment", "addfive", "complement"];
+            let mut tasks: Vec<(&'static str, Vec<Problem>)> =
+                names.iter().map(|&n| (n, Vec::new())).collect();
+            // The first `problems` held-out problems of each operation in one stream.
+            while tasks.iter().any(|(_, list)| list.len() < problems) {
+                let p = tiny_task::next_problem(&mut rng, true);
+                let i = tiny_task::Op::ALL
+                    .iter()
+                    .position(|&op| op == p.op)
+                    .unwrap_or(0);
+                if tasks[i].1.len() < problems {
+                    tasks[i].1.push(Problem {
+                        prompt: tiny_task::encode_prompt(&p.prompt),
+                        answer: p.answer,
+                    });
+                }
+            }
+            TaskSet {
+                name: "digits",
+                tasks,
+                gen_length: tiny_task::GEN_LENGTH,
+                block_length: tiny_task::GEN_LENGTH,
+            }
+        }
+    }
+}
+
+/// Which task set a model folder was trained on: its generation_config.json's length.
+fn detect(dir: &Path) -> Tasks {
+    std::fs::read_to_string(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["max_new_tokens"].as_u64())
+        .map_or(Tasks::Digits, |n| {
+            if n as usize == hard_tasks::GEN_LENGTH {
+                Tasks::Hard
+            } else {
+                Tasks::Digits
+            }
+        })
+}
+
+/// Counters of one setting on one task.
+#[derive(Default, Clone)]
+struct Tally {
+    correct: usize,
+    problems: usize,
+    calls: usize,
+    forwards: usize,
     flops: FlopCounter,
     seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.correct += other.correct;
+        self.problems += other.problems;
+        self.calls += other.calls;
+        self.forwards += other.forwards;
+        self.flops += other.flops;
+        self.seconds += other.seconds;
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.problems.max(1) as f64
+    }
+
+    fn nfe(&self) -> f64 {
+        self.forwards as f64 / self.calls.max(1) as f64
+    }
+
+    /// This tally's accuracy, NFE and ratios against `base`.
+    fn json(&self, base: &Tally) -> serde_json::Value {
+        serde_json::json!({
+            "accuracy": self.accuracy(),
+            "nfe": self.nfe(),
+            "flops_reduction": base.flops.total() as f64 / self.flops.total().max(1) as f64,
+            "speedup": base.seconds / self.seconds.max(1e-12),
+            "seconds": self.seconds,
+            "gflops": self.flops.total() as f64 / 1e9,
+        })
+    }
+}
+
+/// The CPU's model name, as the OS reports it.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,100 +294,264 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
+    if a.problems == 0 || a.batch == 0 {
+        return Err("--problems and --batch must be at least 1".into());
+    }
     let dir = a
         .model
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada"));
+    let kind = match a.tasks {
+        Tasks::Auto => detect(&dir),
+        k => k,
+    };
+    let set = task_set(kind, a.problems, a.seed);
     let model = Llada::from_dir(&dir, &Device::flex())?;
-    let mut rng = SplitMix64::new(a.seed);
-    let problems: Vec<Problem> = (0..a.problems)
-        .map(|_| next_problem(&mut rng, true))
-        .collect();
-    let prompts: Vec<Vec<u32>> = problems.iter().map(|p| encode_prompt(&p.prompt)).collect();
-    let sampler = LladaSamplerConfig::new()
-        .with_steps(GEN_LENGTH)
-        .with_gen_length(GEN_LENGTH)
-        .with_block_length(GEN_LENGTH)
-        .init()?;
+    let settings = settings();
+    let samplers = settings
+        .iter()
+        .map(|s| {
+            LladaSamplerConfig::new()
+                .with_steps(set.gen_length)
+                .with_gen_length(set.gen_length)
+                .with_block_length(set.block_length)
+                .with_commit(s.decode)
+                .init()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Warm-up so that the first setting does not pay first-call costs.
-    sampler.generate(&model, &prompts[..1], &mut NoCache)?;
-    let mut outcomes = Vec::new();
-    for s in settings() {
-        let mut policy: Box<dyn CachePolicy> = match &s.policy {
-            None => Box::new(NoCache),
-            Some(c) => Box::new(c.init()?),
-        };
-        let mut flops = FlopCounter::new();
-        let mut correct = 0;
-        let mut by_op: Vec<(Op, usize, usize)> = Op::ALL.iter().map(|&op| (op, 0, 0)).collect();
-        let started = Instant::now();
-        for (p, prompt) in problems.iter().zip(&prompts) {
-            let out = sampler.generate(&model, std::slice::from_ref(prompt), policy.as_mut())?;
-            flops += out.stats.flops;
-            let ok = decode_answer(out.response(0)) == p.answer;
-            correct += usize::from(ok);
-            if let Some(entry) = by_op.iter_mut().find(|e| e.0 == p.op) {
-                entry.1 += usize::from(ok);
-                entry.2 += 1;
+    for (_, problems) in &set.tasks {
+        if let Some(p) = problems.first() {
+            samplers[0].generate(
+                &model,
+                std::slice::from_ref(&p.prompt),
+                CacheChoice::None.policy()?.as_mut(),
+            )?;
+        }
+    }
+    // tallies[setting][task]
+    let mut tallies = vec![vec![Tally::default(); set.tasks.len()]; settings.len()];
+    let rounds = set
+        .tasks
+        .iter()
+        .map(|(_, p)| p.len().div_ceil(a.batch))
+        .max()
+        .unwrap_or(0);
+    for round in 0..rounds {
+        for (s, setting) in settings.iter().enumerate() {
+            for (t, (_, problems)) in set.tasks.iter().enumerate() {
+                let start = round * a.batch;
+                if start >= problems.len() {
+                    continue;
+                }
+                let chunk = &problems[start..(start + a.batch).min(problems.len())];
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| p.prompt.clone()).collect();
+                let mut policy = setting.cache.policy()?;
+                let started = Instant::now();
+                let out = samplers[s].generate(&model, &prompts, policy.as_mut())?;
+                let seconds = started.elapsed().as_secs_f64();
+                let tally = &mut tallies[s][t];
+                tally.seconds += seconds;
+                tally.calls += 1;
+                tally.forwards += out.stats.forwards;
+                tally.flops += out.stats.flops;
+                tally.problems += chunk.len();
+                tally.correct += chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(r, p)| tiny_task::decode_answer(out.response(*r)) == p.answer)
+                    .count();
             }
         }
-        outcomes.push(Outcome {
-            accuracy: correct as f64 / problems.len() as f64,
-            by_op,
-            flops,
-            seconds: started.elapsed().as_secs_f64(),
-        });
     }
-    let base = &outcomes[0];
-    let rows: Vec<serde_json::Value> = settings()
+    let totals: Vec<Tally> = tallies
         .iter()
-        .zip(&outcomes)
-        .map(|(s, o)| {
-            serde_json::json!({
-                "setting": s.name,
-                "accuracy": o.accuracy,
-                "accuracy_by_op": o.by_op.iter().map(|(op, c, n)| {
-                    (format!("{op:?}").to_lowercase(), serde_json::json!(*c as f64 / (*n).max(1) as f64))
-                }).collect::<serde_json::Map<_, _>>(),
-                "flops_reduction": base.flops.total() as f64 / o.flops.total() as f64,
-                "speedup": base.seconds / o.seconds,
-                "seconds": o.seconds,
-                "gflops": o.flops.total() as f64 / 1e9,
-            })
+        .map(|per_task| {
+            let mut total = Tally::default();
+            per_task.iter().for_each(|t| total.add(t));
+            total
         })
         .collect();
+    let rows: Vec<serde_json::Value> = settings
+        .iter()
+        .enumerate()
+        .map(|(s, setting)| {
+            let mut row = totals[s].json(&totals[0]);
+            let by_task: serde_json::Map<_, _> = set
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(t, (name, _))| (name.to_string(), tallies[s][t].json(&tallies[0][t])))
+                .collect();
+            let accuracy_by_task: serde_json::Map<_, _> = set
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(t, (name, _))| (name.to_string(), tallies[s][t].accuracy().into()))
+                .collect();
+            row["setting"] = setting.name.into();
+            row["policy"] = setting.policy.into();
+            row["decode"] = setting.decode.to_string().into();
+            row["accuracy_by_task"] = accuracy_by_task.into();
+            row["by_task"] = by_task.into();
+            row
+        })
+        .collect();
+    if let Some(path) = &a.svg {
+        plot(path, &set, &rows)?;
+    }
     if a.json {
         let out = serde_json::json!({
             "model": dir.display().to_string(),
-            "problems": problems.len(),
+            "tasks": set.name,
+            "problems_per_task": set.tasks.iter().map(|(n, p)| (n.to_string(), p.len().into())).collect::<serde_json::Map<_, _>>(),
+            "batch": a.batch,
+            "gen_length": set.gen_length,
+            "block_length": set.block_length,
             "seed": a.seed,
+            "cpu": cpu_name(),
             "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "settings": rows,
         });
         println!("{out}");
     } else {
+        print_table(&a, &set, &rows);
+    }
+    Ok(())
+}
+
+fn print_table(a: &Args, set: &TaskSet, rows: &[serde_json::Value]) {
+    println!(
+        "{} tasks, held-out problems per task: {}; greedy, {} tokens in blocks of {}, batch {}; {}\n",
+        set.name,
+        set.tasks
+            .iter()
+            .map(|(n, p)| format!("{n} {}", p.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        set.gen_length,
+        set.block_length,
+        a.batch,
+        cpu_name()
+    );
+    let names: Vec<&str> = set.tasks.iter().map(|(n, _)| *n).collect();
+    println!(
+        "| # | setting | {} | all | NFE | FLOPs reduction | speedup | {} |",
+        names.join(" | "),
+        names
+            .iter()
+            .map(|n| format!("{n} speedup"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---:|---|{}", "---:|".repeat(4 + 2 * names.len()));
+    let pct = |v: &serde_json::Value| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(f64::NAN));
+    for (i, r) in rows.iter().enumerate() {
+        let by_task: Vec<String> = names
+            .iter()
+            .map(|n| pct(&r["accuracy_by_task"][*n]))
+            .collect();
+        let speedups: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "{:.2}x",
+                    r["by_task"][*n]["speedup"].as_f64().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
         println!(
-            "{} held-out problems, greedy, {GEN_LENGTH} steps for {GEN_LENGTH} tokens\n",
-            problems.len()
+            "| {} | {} | {} | {} | {:.1} | {:.2}x | {:.2}x | {} |",
+            i + 1,
+            r["setting"].as_str().unwrap_or_default(),
+            by_task.join(" | "),
+            pct(&r["accuracy"]),
+            r["nfe"].as_f64().unwrap_or(f64::NAN),
+            r["flops_reduction"].as_f64().unwrap_or(f64::NAN),
+            r["speedup"].as_f64().unwrap_or(f64::NAN),
+            speedups.join(" | ")
         );
-        println!(
-            "| setting | exact match | copy | +1 | +5 | 9-d | FLOPs reduction | wall-clock speedup |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-        for r in &rows {
-            let op = |name: &str| 100.0 * r["accuracy_by_op"][name].as_f64().unwrap_or(0.0);
-            println!(
-                "| {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.2}x | {:.2}x |",
-                r["setting"].as_str().unwrap_or_default(),
-                100.0 * r["accuracy"].as_f64().unwrap_or(0.0),
-                op("copy"),
-                op("increment"),
-                op("addfive"),
-                op("complement"),
-                r["flops_reduction"].as_f64().unwrap_or(0.0),
-                r["speedup"].as_f64().unwrap_or(0.0)
-            );
+    }
+}
+
+/// Indices of the points no other point beats on both speedup and accuracy.
+fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut front: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            let (x, y) = points[i];
+            !points
+                .iter()
+                .any(|&(u, v)| u >= x && v >= y && (u > x || v > y))
+        })
+        .collect();
+    front.sort_by(|&i, &j| points[i].0.total_cmp(&points[j].0));
+    front
+}
+
+/// One panel per task: accuracy against wall-clock speedup, a numbered point per setting (the
+/// number is the table's `#`), the Pareto front drawn through its points.
+fn plot(
+    path: &Path,
+    set: &TaskSet,
+    rows: &[serde_json::Value],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let panels = set.tasks.len();
+    let root = SVGBackend::new(path, (460 * panels as u32, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((1, panels));
+    for (area, (task, _)) in areas.iter().zip(&set.tasks) {
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["by_task"][*task]["speedup"].as_f64().unwrap_or(0.0),
+                    100.0 * r["accuracy_by_task"][*task].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.25;
+        let y_min = points.iter().map(|p| p.1).fold(100.0, f64::min);
+        let y_min = (y_min - 5.0).clamp(0.0, 95.0).floor();
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{task}: exact match vs speedup (red: Pareto front)"),
+                ("sans-serif", 17),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            // Speedups span 1x to tens of x: a log axis keeps the slow settings apart.
+            .build_cartesian_2d((0.8..x_max).log_scale(), y_min..100.5)?;
+        chart
+            .configure_mesh()
+            .x_desc("wall-clock speedup over no cache (x, log scale)")
+            .y_desc("exact match (%)")
+            .draw()?;
+        let front = pareto(&points);
+        chart.draw_series(LineSeries::new(
+            front.iter().map(|&i| points[i]),
+            RED.stroke_width(2),
+        ))?;
+        for (i, &(x, y)) in points.iter().enumerate() {
+            let on_front = front.contains(&i);
+            let color = if on_front { RED } else { BLUE };
+            let style = if on_front {
+                color.filled()
+            } else {
+                color.stroke_width(1)
+            };
+            // The number sits above and right of its point, in pixels, so it never hides it.
+            chart.draw_series(std::iter::once(
+                EmptyElement::at((x, y))
+                    + Circle::new((0, 0), 4, style)
+                    + Text::new(
+                        format!("{}", i + 1),
+                        (5, -14),
+                        ("sans-serif", 12).into_font().color(&BLACK),
+                    ),
+            ))?;
         }
     }
+    root.present()?;
     Ok(())
 }

@@ -101,7 +101,8 @@ pub fn vocab_size() -> usize {
     chars().len() + specials().len()
 }
 
-fn fnv(s: &str) -> u64 {
+/// FNV-1a hash of a prompt: what splits problems into training and held-out sets.
+pub fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
@@ -164,8 +165,13 @@ pub fn encode_prompt(prompt: &str) -> Vec<u32> {
 
 /// Target response ids: the answer's characters, then EOS up to [`GEN_LENGTH`].
 pub fn encode_answer(answer: &str) -> Vec<u32> {
+    encode_answer_to(answer, GEN_LENGTH)
+}
+
+/// Target response ids: the answer's characters, then EOS up to `len` tokens.
+pub fn encode_answer_to(answer: &str, len: usize) -> Vec<u32> {
     let mut ids: Vec<u32> = encode_prompt(answer)[1..].to_vec();
-    ids.resize(GEN_LENGTH, special_id(EOS));
+    ids.resize(len, special_id(EOS));
     ids
 }
 
@@ -177,9 +183,15 @@ pub fn decode_answer(ids: &[u32]) -> String {
         .collect()
 }
 
-/// Writes `tokenizer.json` (a character-level WordLevel tokenizer that adds BOS) and
-/// `tokenizer_config.json` (special tokens and a LLaDA-style chat template) into `dir`.
+/// Writes `tokenizer.json` (a character-level WordLevel tokenizer that adds BOS),
+/// `tokenizer_config.json` (special tokens and a LLaDA-style chat template) and
+/// `generation_config.json` (this task's [`GEN_LENGTH`], one token per step) into `dir`.
 pub fn write_tokenizer(dir: &Path) -> std::io::Result<()> {
+    write_tokenizer_for(dir, GEN_LENGTH)
+}
+
+/// As [`write_tokenizer`], for responses of `gen_length` tokens.
+pub fn write_tokenizer_for(dir: &Path, gen_length: usize) -> std::io::Result<()> {
     let mut vocab = serde_json::Map::new();
     for (i, c) in chars().into_iter().enumerate() {
         vocab.insert(c.to_string(), i.into());
@@ -233,8 +245,8 @@ pub fn write_tokenizer(dir: &Path) -> std::io::Result<()> {
         "bos_token_id": bos,
         "eos_token_id": special_id(EOS),
         "pad_token_id": special_id(EOS),
-        "max_new_tokens": GEN_LENGTH,
-        "steps": GEN_LENGTH,
+        "max_new_tokens": gen_length,
+        "steps": gen_length,
         "temperature": 0.0
     });
     std::fs::write(
