@@ -14,8 +14,8 @@
 //! are against the first setting (no cache, fixed schedule), totalled over the tasks and per
 //! task. `nfe` is forwards per generation call (per problem at `--batch 1`).
 //!
-//! The task set follows the model: `hard` (`examples/shared/hard_tasks.rs`: 16-digit addition
-//! and long-prompt lookup, 32 tokens in blocks of 8, 32 steps) for a model whose
+//! The task set follows the model: `hard` (`examples/shared/hard_tasks.rs`: 16-digit
+//! multiplication by 7 and a 21-shot digit operation in a 259-token prompt, 32 tokens in blocks of 8, 32 steps) for a model whose
 //! `generation_config.json` asks for 32 new tokens, else `digits` (the shipped tiny model's
 //! few-shot digit operations, one task per operation, 8 tokens in 8 steps); `--tasks`
 //! overrides it.
@@ -43,7 +43,7 @@ enum Tasks {
     Auto,
     /// The few-shot digit operations of models/tiny-llada.
     Digits,
-    /// Addition and long-prompt lookup of models/tiny-llada-hard.
+    /// Multiplication and the long few-shot prompt of models/tiny-llada-hard.
     Hard,
 }
 

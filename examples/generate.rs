@@ -11,7 +11,7 @@
 //! Without `--model` it uses the tiny model shipped in `models/tiny-llada` (trained by
 //! `examples/train_tiny.rs` on a few-shot digit task), with one of its held-out problems as
 //! the prompt; with `--model models/tiny-llada-hard` the default prompt is a held-out
-//! 16-digit addition of that model's tasks, decoded in blocks of 8. `--compare` runs several settings (`POLICY[@DECODE]`; alone, `none,dllm`) and
+//! 16-digit multiplication of that model's tasks, decoded in blocks of 8. `--compare` runs several settings (`POLICY[@DECODE]`; alone, `none,dllm`) and
 //! prints each answer, its agreement with the first, the forwards, the FLOPs reduction and
 //! the wall-clock speedup against the first.
 
@@ -104,7 +104,7 @@ fn run(a: Args) -> Result<(), dllm_cache::Error> {
     let hard = defaults.max_new_tokens == hard_tasks::GEN_LENGTH;
     let mut rng = dllm_cache::SplitMix64::new(a.seed);
     let (problem, answer) = if hard {
-        let p = hard_tasks::next_eval_problem(&mut rng, hard_tasks::Task::Add);
+        let p = hard_tasks::next_eval_problem(&mut rng, hard_tasks::Task::Mul);
         (p.prompt, p.answer)
     } else {
         let p = tiny_task::next_problem(&mut rng, true);

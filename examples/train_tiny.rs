@@ -10,9 +10,10 @@
 //! prompt shows six worked examples of a hidden digit operation (copy, +1 per digit, +5 per
 //! digit, 9 - digit) on 5-digit strings, then a query; the answer applies the operation to the
 //! query, padded with EOS to 8 tokens. `hard` (`examples/shared/hard_tasks.rs`,
-//! `models/tiny-llada-hard`): 16-digit addition with carries (answers of 16-17 interdependent
-//! digits) and key-value lookup in a 263-token prompt, 32-token responses; training steps
-//! alternate between the two tasks, one task per batch.
+//! `models/tiny-llada-hard`): 16-digit multiplication by 7 with carries (answers of 16-17
+//! interdependent digits) and a 21-shot digit operation in a 259-token prompt, 32-token
+//! responses; training steps take the tasks in turns, one task per batch. `mul-lookup`
+//! (multiplication and key-value lookup) was that model's first stage.
 //!
 //! Objective: prompt tokens are never masked; each response token is masked with probability
 //! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
@@ -58,15 +59,28 @@ use tiny_task::*;
 enum Tasks {
     /// The shipped tiny model's few-shot digit operations (8-token responses).
     Digits,
-    /// 16-digit addition and long-prompt lookup (32-token responses).
+    /// 16-digit multiplication and a 21-shot digit operation (32-token responses): the tasks
+    /// of models/tiny-llada-hard.
     Hard,
+    /// 16-digit multiplication and long-prompt key-value lookup: the first training stage of
+    /// models/tiny-llada-hard (the lookup was not learned; see its model card).
+    MulLookup,
 }
 
 impl Tasks {
     fn gen_length(self) -> usize {
         match self {
             Tasks::Digits => GEN_LENGTH,
-            Tasks::Hard => hard_tasks::GEN_LENGTH,
+            Tasks::Hard | Tasks::MulLookup => hard_tasks::GEN_LENGTH,
+        }
+    }
+
+    /// The hard tasks this mix trains and evaluates (empty for `digits`).
+    fn hard(self) -> &'static [Task] {
+        match self {
+            Tasks::Digits => &[],
+            Tasks::Hard => &Task::ALL,
+            Tasks::MulLookup => &[Task::Mul, Task::Lookup],
         }
     }
 }
@@ -125,6 +139,26 @@ struct Args {
     /// Held-out problems (per task) of the evaluations during training.
     #[arg(long, default_value_t = 64)]
     eval_problems: usize,
+    /// `hard`, `mul-lookup`: batches of the second task (few-shot, lookup) per multiplication
+    /// batch. Those answers supervise two or five digits per sequence, a product seventeen, so
+    /// the second task may need more of the steps.
+    #[arg(long, default_value_t = 1)]
+    lookup_weight: usize,
+    /// `mul-lookup`: how training draws the number of facts of a lookup batch, 1 to 46: `uniform`,
+    /// or `log` (log-uniform: short prompts, where a lookup is learned first and cheaply, more
+    /// often; long ones still about one batch in nine).
+    #[arg(long, value_enum, default_value_t = Facts::Uniform)]
+    facts: Facts,
+    /// Stop after this many steps of the `--steps` schedule (and save as at the end).
+    #[arg(long)]
+    stop_after: Option<usize>,
+}
+
+/// How training draws a lookup batch's number of facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Facts {
+    Uniform,
+    Log,
 }
 
 fn device(cuda: bool) -> Device {
@@ -170,11 +204,12 @@ struct BatchData {
 
 /// The (prompt ids, padded answer ids) of training step `step`'s problems.
 fn step_problems(
-    tasks: Tasks,
+    a: &Args,
     rng: &mut SplitMix64,
     step: usize,
     size: usize,
 ) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let tasks = a.tasks;
     match tasks {
         Tasks::Digits => (0..size)
             .map(|_| {
@@ -182,10 +217,27 @@ fn step_problems(
                 (encode_prompt(&p.prompt), encode_answer(&p.answer))
             })
             .collect(),
-        Tasks::Hard => {
-            // One task per batch, alternating, and one lookup size per batch: no padding.
-            let task = Task::ALL[step % Task::ALL.len()];
-            let facts = 4 + (rng.next_u64() % (hard_tasks::TRAIN_MAX_FACTS - 3) as u64) as usize;
+        Tasks::Hard | Tasks::MulLookup => {
+            // One task per batch, in turns (one multiplication batch, then `lookup_weight`
+            // batches of the other task), and one prompt size per batch: no padding.
+            let tasks = tasks.hard();
+            let task = if step % (1 + a.lookup_weight.max(1)) == 0 {
+                tasks[0]
+            } else {
+                tasks[1]
+            };
+            let facts = match (task, a.facts) {
+                (Task::Fewshot, _) => {
+                    1 + (rng.next_u64() % hard_tasks::TRAIN_MAX_EXAMPLES as u64) as usize
+                }
+                (_, Facts::Uniform) => {
+                    1 + (rng.next_u64() % hard_tasks::TRAIN_MAX_FACTS as u64) as usize
+                }
+                (_, Facts::Log) => {
+                    let max = hard_tasks::TRAIN_MAX_FACTS;
+                    ((max as f64).powf(rng.uniform()) as usize).clamp(1, max)
+                }
+            };
             (0..size)
                 .map(|_| {
                     let p = hard_tasks::next_train_problem(rng, task, facts);
@@ -199,12 +251,12 @@ fn step_problems(
     }
 }
 
-fn batch_data(tasks: Tasks, rng: &mut SplitMix64, step: usize, size: usize, eps: f64) -> BatchData {
+fn batch_data(a: &Args, rng: &mut SplitMix64, step: usize, size: usize, eps: f64) -> BatchData {
     // Stratified masking rates: one t per sequence from each of `size` equal slices of
     // (eps, 1]. Unbiased like independent draws, with far less variance in the 1/t-weighted
     // loss of a small batch.
     let offset = rng.uniform();
-    let problems = step_problems(tasks, rng, step, size);
+    let problems = step_problems(a, rng, step, size);
     let p = problems.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     let (mut ids, mut targets, mut weights, mut pads) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -267,14 +319,14 @@ fn loss(model: &Llada, b: &Batch) -> dllm_cache::Result<Tensor<1>> {
 fn accuracy(tasks: Tasks, model: &Llada, n: usize) -> dllm_cache::Result<Vec<(&'static str, f64)>> {
     match tasks {
         Tasks::Digits => Ok(vec![("digits", digits_accuracy(model, n)?)]),
-        Tasks::Hard => {
+        Tasks::Hard | Tasks::MulLookup => {
             let sampler = LladaSamplerConfig::new()
                 .with_steps(hard_tasks::GEN_LENGTH)
                 .with_gen_length(hard_tasks::GEN_LENGTH)
                 .with_block_length(hard_tasks::BLOCK_LENGTH)
                 .init()?;
             let mut out = Vec::new();
-            for task in Task::ALL {
+            for &task in tasks.hard() {
                 let mut rng = SplitMix64::new(0xe7a1 + task as u64);
                 let problems: Vec<_> = (0..n)
                     .map(|_| hard_tasks::next_eval_problem(&mut rng, task))
@@ -345,7 +397,7 @@ struct Progress {
 /// The flags that must not change across a resume.
 fn flags(a: &Args) -> String {
     format!(
-        "tasks={:?} steps={} batch={} lr={} warmup={} seed={} d_model={} layers={} heads={} mlp={} rope_theta={} eps={}",
+        "tasks={:?} steps={} batch={} lr={} warmup={} seed={} d_model={} layers={} heads={} mlp={} rope_theta={} eps={} lookup_weight={} facts={:?}",
         a.tasks,
         a.steps,
         a.batch,
@@ -357,7 +409,9 @@ fn flags(a: &Args) -> String {
         a.heads,
         a.mlp,
         a.rope_theta,
-        a.eps
+        a.eps,
+        a.lookup_weight,
+        a.facts
     )
 }
 
@@ -420,7 +474,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Replay the data stream up to the checkpoint: the resumed run trains on the batches the
     // uninterrupted one would have.
     for step in 0..first {
-        batch_data(a.tasks, &mut rng, step, a.batch, a.eps);
+        batch_data(&a, &mut rng, step, a.batch, a.eps);
     }
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -431,7 +485,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let before = resumed.as_ref().map_or(0.0, |r| r.seconds);
     let mut smoothed = resumed.as_ref().and_then(|r| r.smoothed);
     let mut history: Vec<CurvePoint> = resumed.map(|r| r.history).unwrap_or_default();
-    for step in first..a.steps {
+    let last = a.stop_after.unwrap_or(a.steps).min(a.steps);
+    for step in first..last {
         let lr = if step < a.warmup {
             a.lr * (step + 1) as f64 / a.warmup as f64
         } else {
@@ -439,7 +494,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             a.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
         };
         let b = batch(
-            batch_data(a.tasks, &mut rng, step, a.batch, a.eps),
+            batch_data(&a, &mut rng, step, a.batch, a.eps),
             glen,
             &device,
         );
@@ -460,7 +515,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 smoothed.unwrap_or(value),
             );
         }
-        if (step + 1) % a.eval_every == 0 || step + 1 == a.steps {
+        if (step + 1) % a.eval_every == 0 || step + 1 == last {
             let acc = accuracy(a.tasks, &model.valid(), a.eval_problems)?;
             let line = format!(
                 "step {:>5}: loss {:.4}, held-out exact match {} ({} problems per task), {seconds:.0}s",
@@ -524,7 +579,26 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .join(" ")
     ));
     let final_loss = history.last().map_or(f64::NAN, |h| h.1);
+    // The earlier stages' time, from the --init model's card ("took N s" or "N s with the
+    // earlier stages").
+    let earlier_seconds = a
+        .init
+        .as_ref()
+        .and_then(|dir| std::fs::read_to_string(dir.join("README.md")).ok())
+        .and_then(|card| {
+            let total = card
+                .split(" s with the earlier stages")
+                .next()
+                .filter(|head| head.len() < card.len())
+                .and_then(|head| head.rsplit(' ').next().map(str::to_string));
+            let single = card
+                .split("took ")
+                .nth(1)
+                .and_then(|tail| tail.split(' ').next().map(str::to_string));
+            total.or(single)?.parse::<f64>().ok()
+        });
     let card = Card {
+        earlier_seconds,
         params: config.num_params()?,
         config: &config,
         commands: commands.join("\n"),
@@ -541,7 +615,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let text = match a.tasks {
         Tasks::Digits => card.digits(),
-        Tasks::Hard => card.hard(),
+        Tasks::Hard | Tasks::MulLookup => card.hard(),
     };
     std::fs::write(a.out.join("README.md"), text)?;
     if checkpoint.exists() {
@@ -568,6 +642,8 @@ struct Card<'a> {
     final_acc: &'a [(&'static str, f64)],
     final_n: usize,
     history: &'a [CurvePoint],
+    /// Training seconds of the stages before this one (`--init` from a `hard` card).
+    earlier_seconds: Option<f64>,
 }
 
 impl Card<'_> {
@@ -625,20 +701,24 @@ impl Card<'_> {
              diffusion objective of LLaDA's supervised fine-tuning, on tasks chosen so that caching and parallel \
              decoding can cost answers (see `examples/shared/hard_tasks.rs`). It knows nothing else.\n\n\
              **Tasks** (32-token responses: the answer, then EOS; decoded in blocks of 8, exact match):\n\n\
-             - `add`: `a+b=` with two 16-digit numbers written least significant digit first; the answer is the \
-             sum in the same order (16 or 17 digits). Where the two digits below a position sum to 9 its carry is \
-             only known from the digit below, so the answer digits depend on each other.\n\
-             - `lookup`: 37 facts `kk=vvv;` (distinct two-letter keys, three-digit values) and a query `kk?`, 263 \
-             prompt tokens; the answer is the query's value. Training also draws 4 to 40 facts.\n\n\
-             Held-out problems (prompt hash = 0 mod 10) are never trained on. Training steps alternate between \
-             the tasks, one task per batch.\n\n\
+             - `mul`: `a*7=` with a 16-digit number written least significant digit first; the answer is the \
+             product in the same order (16 or 17 digits). A digit's carry (0 to 6) often depends on the carry \
+             below it, so the answer digits depend on each other.\n\
+             - `fewshot`: 21 worked examples `ddddd>ddddd;` of one hidden digit operation (copy, +1, +5 or \
+             9 - d on every digit) and a query `ddddd>`, 259 prompt tokens; the answer applies the operation to \
+             the query. Training draws 1 to 22 examples.\n\n\
+             Held-out problems (prompt hash = 0 mod 10) are never trained on. Training steps take the tasks in \
+             turns, one task per batch. The first stage trained multiplication with a key-value lookup in a \
+             262-token prompt (43 facts `kk=vv;`, `--tasks mul-lookup`) instead of the few-shot task; the lookup \
+             stayed at 0% exact match on 43 facts after 1200 steps (it answered one or two facts), so the second \
+             stage replaced it.\n\n\
              **Training.** AdamW (weight decay 0.01, clip 1.0), warm-up then cosine decay of the learning \
-             rate; took {secs:.0} s on {device}. Command:\n\n{commands}\n\n\
+             rate; {time} on {device}. Commands, in order:\n\n{commands}\n\n\
              **Result.** Final smoothed loss {final_loss:.4}; exact match on {n} held-out problems per task \
              (greedy, 32 steps, blocks of 8, no cache): {acc}. `cargo run --release --example eval_tiny -- --model \
              models/tiny-llada-hard` measures every cache policy and decoding rule on it.\n\n\
-             Training curve (step, smoothed loss, exact match on held-out problems):\n\n\
-             | step | loss | add | lookup |\n|---:|---:|---:|---:|\n{curve}\n",
+             Training curve of the last stage (step, smoothed loss, exact match on held-out problems):\n\n\
+             | step | loss | mul | fewshot |\n|---:|---:|---:|---:|\n{curve}\n",
             params = self.params,
             layers = self.config.n_layers,
             d = self.config.d_model,
@@ -646,7 +726,14 @@ impl Card<'_> {
             mlp = self.config.mlp_hidden_size,
             vocab = vocab_size(),
             commands = self.commands,
-            secs = self.seconds,
+            time = match self.earlier_seconds {
+                Some(earlier) => format!(
+                    "this stage took {:.0} s, {:.0} s with the earlier stages,",
+                    self.seconds,
+                    self.seconds + earlier
+                ),
+                None => format!("took {:.0} s", self.seconds),
+            },
             device = self.device,
             final_loss = self.final_loss,
             n = self.final_n,

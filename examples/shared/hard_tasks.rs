@@ -1,14 +1,23 @@
 //! The tasks of `models/tiny-llada-hard`: chosen so that caching and parallel decoding *can*
 //! cost answers, unlike the shipped tiny model's task, whose answer digits are independent.
 //!
-//! * [`Task::Add`]: two [`ADD_DIGITS`]-digit numbers, written least significant digit first,
-//!   `a+b=`; the answer is their sum, least significant digit first (16 or 17 digits). A
-//!   digit's carry comes from every lower digit: where the two digits below sum to 9 it is
-//!   only known once the digit below is, so an answer cannot be read off the prompt in one
-//!   forward; it needs the committed neighbours, which is what a stale cache hides.
-//! * [`Task::Lookup`]: [`FACTS`] facts `kk=vvv;` (distinct two-letter keys, three-digit
-//!   values) and a query `kk?`, 263 prompt tokens; the answer is the query's value. The long
-//!   static prompt and short answer of the paper's HotpotQA-like regime.
+//! * [`Task::Mul`]: a [`MUL_DIGITS`]-digit number written least significant digit first and
+//!   `*7=`; the answer is the product, least significant digit first (16 or 17 digits). Digit
+//!   `i` is `7 * a_i + c_i mod 10`, and the carry `c_i` (0 to 6) comes from every lower digit:
+//!   it follows from `a_{i-1}` alone only sometimes (`7 * a_{i-1} + c` crosses a multiple of
+//!   10 for some carries `c` when `a_{i-1}` is 1, 2, 4, 5, 7 or 8), otherwise from the digit
+//!   below, so the answer digits depend on each other and an answer cannot be read off the
+//!   prompt in one forward. The committed neighbours give it away, and a stale cache hides
+//!   them.
+//! * [`Task::Fewshot`]: [`EXAMPLES`] worked examples `ddddd>ddddd;` of one hidden digit
+//!   operation (copy, +1, +5 or 9 - d on every digit, as in the shipped tiny model's task) and
+//!   a query `ddddd>`, 259 prompt tokens; the answer is the operation applied to the query
+//!   (5 digits). The operation is only in the long prompt: the long static prompt and short
+//!   answer of the paper's long-prompt regime (few-shot GSM8K, HotpotQA-like contexts).
+//! * [`Task::Lookup`] (training stage 1 only): [`FACTS`] facts `kk=vv;` (distinct two-letter
+//!   keys, two-digit values) and a query `kk?`, 262 prompt tokens; the answer is the query's
+//!   value. The model did not learn it within the training budget (see its model card), so
+//!   it is not among the evaluated tasks.
 //!
 //! Every response is [`GEN_LENGTH`] tokens (answer, then EOS), decoded in blocks of
 //! [`BLOCK_LENGTH`]. Characters and special tokens are those of `tiny_task.rs`. Problems are
@@ -18,33 +27,43 @@
 
 use dllm_cache::SplitMix64;
 
-use crate::tiny_task::{encode_answer_to, fnv};
+use crate::tiny_task::{Op, encode_answer_to, fnv};
 
 /// Response length of every task.
 pub const GEN_LENGTH: usize = 32;
 /// Semi-autoregressive block length of evaluation.
 pub const BLOCK_LENGTH: usize = 8;
-/// Digits of each addend.
-pub const ADD_DIGITS: usize = 16;
-/// Facts in an evaluated lookup prompt (1 + 37 * 7 + 3 = 263 tokens with BOS).
-pub const FACTS: usize = 37;
-/// Training also draws lookup prompts of 4 to `TRAIN_MAX_FACTS` facts: short ones teach the
-/// lookup quickly and cheaply, the long ones keep it working at the evaluated length.
-pub const TRAIN_MAX_FACTS: usize = 40;
+/// Digits of the multiplicand.
+pub const MUL_DIGITS: usize = 16;
+/// The multiplier.
+pub const MULTIPLIER: u8 = 7;
+/// Worked examples in an evaluated few-shot prompt (1 + 21 * 12 + 6 = 259 tokens with BOS).
+pub const EXAMPLES: usize = 21;
+/// Training draws few-shot prompts of 1 to `TRAIN_MAX_EXAMPLES` examples.
+pub const TRAIN_MAX_EXAMPLES: usize = 22;
+/// Facts in a long lookup prompt (1 + 43 * 6 + 3 = 262 tokens with BOS).
+pub const FACTS: usize = 43;
+/// Training draws lookup prompts of 1 to `TRAIN_MAX_FACTS` facts: with one fact the answer
+/// is a copy at a fixed place, with more it must be found by its key, a gradual path to the
+/// lookup; the long ones keep it working at the evaluated length.
+pub const TRAIN_MAX_FACTS: usize = 46;
 
 /// A task of the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
-    Add,
+    Mul,
+    Fewshot,
     Lookup,
 }
 
 impl Task {
-    pub const ALL: [Task; 2] = [Task::Add, Task::Lookup];
+    /// The tasks of `models/tiny-llada-hard`, evaluated and tested.
+    pub const ALL: [Task; 2] = [Task::Mul, Task::Fewshot];
 
     pub fn name(self) -> &'static str {
         match self {
-            Task::Add => "add",
+            Task::Mul => "mul",
+            Task::Fewshot => "fewshot",
             Task::Lookup => "lookup",
         }
     }
@@ -64,12 +83,12 @@ fn digit(rng: &mut SplitMix64) -> u8 {
     (rng.next_u64() % 10) as u8
 }
 
-/// Sum of two numbers given as digits, least significant first, in the same order.
-pub fn add_reversed(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(a.len().max(b.len()) + 1);
+/// `k * a` for a number given as digits, least significant first, in the same order.
+pub fn mul_reversed(a: &[u8], k: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + 1);
     let mut carry = 0;
-    for i in 0..a.len().max(b.len()) {
-        let s = a.get(i).copied().unwrap_or(0) + b.get(i).copied().unwrap_or(0) + carry;
+    for &d in a {
+        let s = k * d + carry;
         out.push(s % 10);
         carry = s / 10;
     }
@@ -83,14 +102,13 @@ fn text(digits: &[u8]) -> String {
     digits.iter().map(|&d| char::from(b'0' + d)).collect()
 }
 
-/// A random addition problem (either split).
-pub fn add_problem(rng: &mut SplitMix64) -> Problem {
-    let a: Vec<u8> = (0..ADD_DIGITS).map(|_| digit(rng)).collect();
-    let b: Vec<u8> = (0..ADD_DIGITS).map(|_| digit(rng)).collect();
+/// A random multiplication problem (either split).
+pub fn mul_problem(rng: &mut SplitMix64) -> Problem {
+    let a: Vec<u8> = (0..MUL_DIGITS).map(|_| digit(rng)).collect();
     Problem {
-        task: Task::Add,
-        prompt: format!("{}+{}=", text(&a), text(&b)),
-        answer: text(&add_reversed(&a, &b)),
+        task: Task::Mul,
+        prompt: format!("{}*{MULTIPLIER}=", text(&a)),
+        answer: text(&mul_reversed(&a, MULTIPLIER)),
     }
 }
 
@@ -106,10 +124,10 @@ pub fn lookup_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
             keys.push(k);
         }
     }
-    let mut prompt = String::with_capacity(facts * 7 + 3);
+    let mut prompt = String::with_capacity(facts * 6 + 3);
     let mut values = Vec::with_capacity(facts);
     for k in &keys {
-        let v: Vec<u8> = (0..3).map(|_| digit(rng)).collect();
+        let v: Vec<u8> = (0..2).map(|_| digit(rng)).collect();
         prompt.push(char::from(k[0]));
         prompt.push(char::from(k[1]));
         prompt.push('=');
@@ -128,10 +146,35 @@ pub fn lookup_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
     }
 }
 
+/// A random few-shot problem with `examples` worked examples (either split).
+pub fn fewshot_problem(rng: &mut SplitMix64, examples: usize) -> Problem {
+    let op = Op::ALL[(rng.next_u64() % Op::ALL.len() as u64) as usize];
+    let digits = |rng: &mut SplitMix64| -> String {
+        (0..5).map(|_| char::from(b'0' + digit(rng))).collect()
+    };
+    let mut prompt = String::with_capacity(examples * 12 + 6);
+    for _ in 0..examples {
+        let x = digits(rng);
+        prompt.push_str(&x);
+        prompt.push('>');
+        prompt.push_str(&op.apply(&x));
+        prompt.push(';');
+    }
+    let query = digits(rng);
+    prompt.push_str(&query);
+    prompt.push('>');
+    Problem {
+        task: Task::Fewshot,
+        answer: op.apply(&query),
+        prompt,
+    }
+}
+
 /// A random problem of `task` at the evaluated size (either split).
 pub fn random_problem(rng: &mut SplitMix64, task: Task) -> Problem {
     match task {
-        Task::Add => add_problem(rng),
+        Task::Mul => mul_problem(rng),
+        Task::Fewshot => fewshot_problem(rng, EXAMPLES),
         Task::Lookup => lookup_problem(rng, FACTS),
     }
 }
@@ -151,12 +194,14 @@ pub fn next_eval_problem(rng: &mut SplitMix64, task: Task) -> Problem {
     }
 }
 
-/// The next training problem of `task`; lookups with `facts` facts.
-pub fn next_train_problem(rng: &mut SplitMix64, task: Task, facts: usize) -> Problem {
+/// The next training problem of `task`; few-shot prompts with `size` examples, lookups with
+/// `size` facts.
+pub fn next_train_problem(rng: &mut SplitMix64, task: Task, size: usize) -> Problem {
     loop {
         let p = match task {
-            Task::Add => add_problem(rng),
-            Task::Lookup => lookup_problem(rng, facts),
+            Task::Mul => mul_problem(rng),
+            Task::Fewshot => fewshot_problem(rng, size),
+            Task::Lookup => lookup_problem(rng, size),
         };
         if !held_out(&p.prompt) {
             return p;
@@ -174,8 +219,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reversed_addition_carries() {
-        assert_eq!(add_reversed(&[9, 9], &[1, 0]), vec![0, 0, 1]);
-        assert_eq!(add_reversed(&[1, 2], &[3, 4]), vec![4, 6]);
+    fn reversed_multiplication_carries() {
+        // 98 * 7 = 686; 15 * 7 = 105
+        assert_eq!(mul_reversed(&[8, 9], 7), vec![6, 8, 6]);
+        assert_eq!(mul_reversed(&[5, 1], 7), vec![5, 0, 1]);
     }
 }
