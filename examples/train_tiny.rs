@@ -221,7 +221,7 @@ fn step_problems(
             // One task per batch, in turns (one multiplication batch, then `lookup_weight`
             // batches of the other task), and one prompt size per batch: no padding.
             let tasks = tasks.hard();
-            let task = if step % (1 + a.lookup_weight.max(1)) == 0 {
+            let task = if step.is_multiple_of(1 + a.lookup_weight.max(1)) {
                 tasks[0]
             } else {
                 tasks[1]
@@ -708,10 +708,9 @@ impl Card<'_> {
              9 - d on every digit) and a query `ddddd>`, 259 prompt tokens; the answer applies the operation to \
              the query. Training draws 1 to 22 examples.\n\n\
              Held-out problems (prompt hash = 0 mod 10) are never trained on. Training steps take the tasks in \
-             turns, one task per batch. The first stage trained multiplication with a key-value lookup in a \
-             262-token prompt (43 facts `kk=vv;`, `--tasks mul-lookup`) instead of the few-shot task; the lookup \
-             stayed at 0% exact match on 43 facts after 1200 steps (it answered one or two facts), so the second \
-             stage replaced it.\n\n\
+             turns, one task per batch. Tried and not used (docs/benchmarks.md): addition of two 16-digit \
+             numbers and a key-value lookup in a 262-token prompt (`--tasks mul-lookup`), which this model did \
+             not learn within the budget.\n\n\
              **Training.** AdamW (weight decay 0.01, clip 1.0), warm-up then cosine decay of the learning \
              rate; {time} on {device}. Commands, in order:\n\n{commands}\n\n\
              **Result.** Final smoothed loss {final_loss:.4}; exact match on {n} held-out problems per task \
