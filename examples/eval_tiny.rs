@@ -58,6 +58,9 @@ struct Args {
     /// Held-out problems per task (for `digits`, per operation).
     #[arg(long, default_value_t = 300)]
     problems: usize,
+    /// Evaluate only these tasks (comma separated; default: all of the task set).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Problems per generation call (a batch of equal-length prompts).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -305,7 +308,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Tasks::Auto => detect(&dir),
         k => k,
     };
-    let set = task_set(kind, a.problems, a.seed);
+    let mut set = task_set(kind, a.problems, a.seed);
+    if !a.only.is_empty() {
+        if let Some(bad) = a
+            .only
+            .iter()
+            .find(|n| !set.tasks.iter().any(|(t, _)| t == n))
+        {
+            return Err(format!("no task `{bad}` in the {} task set", set.name).into());
+        }
+        set.tasks.retain(|(t, _)| a.only.iter().any(|n| n == t));
+    }
     let model = Llada::from_dir(&dir, &Device::flex())?;
     let settings = settings();
     let samplers = settings

@@ -11,7 +11,7 @@
 //! Without `--model` it uses the tiny model shipped in `models/tiny-llada` (trained by
 //! `examples/train_tiny.rs` on a few-shot digit task), with one of its held-out problems as
 //! the prompt; with `--model models/tiny-llada-hard` the default prompt is a held-out
-//! 16-digit multiplication of that model's tasks, decoded in blocks of 8. `--compare` runs several settings (`POLICY[@DECODE]`; alone, `none,dllm`) and
+//! 16-digit multiplication of that model's tasks, decoded in blocks of 8. `--compare` runs several settings (`POLICY[@DECODE]`; alone, `none,dllm,none@threshold:0.9`: no cache, dLLM-Cache, and Fast-dLLM's threshold decoding, the best Fast-dLLM setting of the eval_tiny table) and
 //! prints each answer, its agreement with the first, the forwards, the FLOPs reduction and
 //! the wall-clock speedup against the first.
 
@@ -81,8 +81,8 @@ struct Args {
     #[command(flatten)]
     options: PolicyArgs,
     /// Run several settings and compare them with the first: `POLICY[@DECODE]`, comma
-    /// separated (for example `none,dllm,prefix,dual@threshold:0.9`); alone, `none,dllm`.
-    #[arg(long, num_args = 0..=1, default_missing_value = "none,dllm", value_delimiter = ',')]
+    /// separated (for example `none,dllm,prefix,dual@threshold:0.9`); alone, `none,dllm,none@threshold:0.9`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "none,dllm,none@threshold:0.9", value_delimiter = ',')]
     compare: Option<Vec<Setting>>,
     /// Print text as it becomes final.
     #[arg(long)]
