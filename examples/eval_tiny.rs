@@ -24,6 +24,8 @@
 mod cli;
 #[path = "shared/hard_tasks.rs"]
 mod hard_tasks;
+#[path = "shared/machine.rs"]
+mod machine;
 #[path = "shared/tiny_task.rs"]
 mod tiny_task;
 
@@ -278,19 +280,6 @@ impl Tally {
     }
 }
 
-/// The CPU's model name, as the OS reports it.
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|n| n.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 fn main() -> std::process::ExitCode {
     cli::exit(run())
 }
@@ -422,7 +411,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "gen_length": set.gen_length,
             "block_length": set.block_length,
             "seed": a.seed,
-            "cpu": cpu_name(),
+            "cpu": machine::cpu_name(),
             "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "settings": rows,
         });
@@ -445,7 +434,7 @@ fn print_table(a: &Args, set: &TaskSet, rows: &[serde_json::Value]) {
         set.gen_length,
         set.block_length,
         a.batch,
-        cpu_name()
+        machine::cpu_name()
     );
     let names: Vec<&str> = set.tasks.iter().map(|(n, _)| *n).collect();
     println!(

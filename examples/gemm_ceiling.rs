@@ -21,6 +21,8 @@ use dllm_cache::burn::tensor::{DType, Device, Distribution, Tensor};
 
 #[path = "shared/cli.rs"]
 mod cli;
+#[path = "shared/machine.rs"]
+mod machine;
 
 #[derive(Parser, Debug)]
 #[command(about = "f32 matmul GFLOP/s at a model's shapes")]
@@ -49,19 +51,6 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// The CPU's model name, as the OS reports it.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Best of three: seconds per call of `f`, each measurement about `target` seconds long.
@@ -147,7 +136,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let json = serde_json::json!({
-        "cpu": cpu_model(),
+        "cpu": machine::cpu_name(),
         "threads": threads,
         "x86_v4_feature": cfg!(feature = "x86-v4"),
         "shapes": results,
@@ -155,7 +144,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if a.json {
         println!("{json}");
     } else {
-        println!("CPU: {} ({threads} threads)", cpu_model());
+        println!("CPU: {} ({threads} threads)", machine::cpu_name());
         println!(
             "{:<28} {:>6} {:>6} {:>6} {:>10} {:>10} {:>10}",
             "shape", "m", "k", "n", "crate f32", "burn f32", "crate bf16"

@@ -647,6 +647,21 @@ struct Card<'a> {
 }
 
 impl Card<'_> {
+    /// The opening of both cards: what the model is and how it was trained.
+    fn intro(&self) -> String {
+        format!(
+            "A {}-parameter model of the LLaDA architecture ({} layers, d_model {}, {} heads, \
+             SwiGLU {}, character vocabulary of {}), trained from scratch by this crate with the masked \
+             diffusion objective of LLaDA's supervised fine-tuning",
+            self.params,
+            self.config.n_layers,
+            self.config.d_model,
+            self.config.n_heads,
+            self.config.mlp_hidden_size,
+            vocab_size()
+        )
+    }
+
     fn curve(&self) -> String {
         self.history
             .iter()
@@ -664,9 +679,7 @@ impl Card<'_> {
     fn digits(&self) -> String {
         format!(
             "# tiny-llada\n\n\
-             A {params}-parameter model of the LLaDA architecture ({layers} layers, d_model {d}, {heads} heads, \
-             SwiGLU {mlp}, character vocabulary of {vocab}), trained from scratch by this crate with the masked \
-             diffusion objective of LLaDA's supervised fine-tuning. It exists so that the examples show real answers \
+             {intro}. It exists so that the examples show real answers \
              and the cache's effect on answer quality can be measured; it knows nothing else.\n\n\
              **Task.** The prompt shows six worked examples `ddddd>ddddd;` of one hidden operation on 5-digit \
              strings (copy, +1 on every digit mod 10, +5 mod 10, or 9 - digit) and a query `ddddd>`; the answer \
@@ -677,12 +690,7 @@ impl Card<'_> {
              **Result.** Final smoothed loss {final_loss:.4}; exact match on {n} held-out problems (greedy, 8 steps, \
              no cache): {acc:.1}%. `cargo run --release --example eval_tiny` measures it with and without the cache.\n\n\
              Training curve (step, smoothed loss, exact match on 64 held-out problems):\n\n{curve}\n",
-            params = self.params,
-            layers = self.config.n_layers,
-            d = self.config.d_model,
-            heads = self.config.n_heads,
-            mlp = self.config.mlp_hidden_size,
-            vocab = vocab_size(),
+            intro = self.intro(),
             commands = self.commands,
             secs = self.seconds,
             device = self.device,
@@ -696,9 +704,7 @@ impl Card<'_> {
     fn hard(&self) -> String {
         format!(
             "# tiny-llada-hard\n\n\
-             A {params}-parameter model of the LLaDA architecture ({layers} layers, d_model {d}, {heads} heads, \
-             SwiGLU {mlp}, character vocabulary of {vocab}), trained from scratch by this crate with the masked \
-             diffusion objective of LLaDA's supervised fine-tuning, on tasks chosen so that caching and parallel \
+             {intro}, on tasks chosen so that caching and parallel \
              decoding can cost answers (see `examples/shared/hard_tasks.rs`). It knows nothing else.\n\n\
              **Tasks** (32-token responses: the answer, then EOS; decoded in blocks of 8, exact match):\n\n\
              - `mul`: `a*7=` with a 16-digit number written least significant digit first; the answer is the \
@@ -718,12 +724,7 @@ impl Card<'_> {
              models/tiny-llada-hard` measures every cache policy and decoding rule on it.\n\n\
              Training curve of the last stage (step, smoothed loss, exact match on held-out problems):\n\n\
              | step | loss | mul | fewshot |\n|---:|---:|---:|---:|\n{curve}\n",
-            params = self.params,
-            layers = self.config.n_layers,
-            d = self.config.d_model,
-            heads = self.config.n_heads,
-            mlp = self.config.mlp_hidden_size,
-            vocab = vocab_size(),
+            intro = self.intro(),
             commands = self.commands,
             time = match self.earlier_seconds {
                 Some(earlier) => format!(
