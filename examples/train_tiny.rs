@@ -14,6 +14,10 @@
 //! interdependent digits) and a 21-shot digit operation in a 259-token prompt, 32-token
 //! responses; training steps take the tasks in turns, one task per batch. `mul-lookup`
 //! (multiplication and key-value lookup) reruns an attempt that did not learn the lookup.
+//! `retrieval`, `hard-retrieval` and `hard-passkey` are stages toward a retrieval task, each
+//! started from an earlier model with `--init` (docs/benchmarks.md, "Toward a retrieval
+//! task"): one-letter-key retrieval alone, and the `hard` tasks with one-letter-key retrieval
+//! or with a passkey among distractors.
 //!
 //! Objective: prompt tokens are never masked; each response token is masked with probability
 //! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
@@ -65,13 +69,26 @@ enum Tasks {
     /// 16-digit multiplication and long-prompt key-value lookup: an attempt at a retrieval
     /// task that a model of this size did not learn in the budget (docs/benchmarks.md).
     MulLookup,
+    /// The `hard` tasks and one-letter-key retrieval in a 263-token prompt; trained from a
+    /// `hard` model with `--init` (the second stage of models/tiny-llada-hard).
+    HardRetrieval,
+    /// One-letter-key retrieval alone: the stage before `hard-retrieval`, where the copy is
+    /// learned at the full rate of short prompts.
+    Retrieval,
+    /// The `hard` tasks and passkey retrieval in a 263-token prompt; trained from a
+    /// `retrieval` model with `--init` (the last stage of models/tiny-llada-hard).
+    HardPasskey,
 }
 
 impl Tasks {
     fn gen_length(self) -> usize {
         match self {
             Tasks::Digits => GEN_LENGTH,
-            Tasks::Hard | Tasks::MulLookup => hard_tasks::GEN_LENGTH,
+            Tasks::Hard
+            | Tasks::MulLookup
+            | Tasks::HardRetrieval
+            | Tasks::Retrieval
+            | Tasks::HardPasskey => hard_tasks::GEN_LENGTH,
         }
     }
 
@@ -79,8 +96,11 @@ impl Tasks {
     fn hard(self) -> &'static [Task] {
         match self {
             Tasks::Digits => &[],
-            Tasks::Hard => &Task::ALL,
+            Tasks::Hard => &[Task::Mul, Task::Fewshot],
             Tasks::MulLookup => &[Task::Mul, Task::Lookup],
+            Tasks::HardRetrieval => &[Task::Mul, Task::Fewshot, Task::Retrieval],
+            Tasks::Retrieval => &[Task::Retrieval],
+            Tasks::HardPasskey => &[Task::Mul, Task::Fewshot, Task::Passkey],
         }
     }
 }
@@ -139,14 +159,16 @@ struct Args {
     /// Held-out problems (per task) of the evaluations during training.
     #[arg(long, default_value_t = 64)]
     eval_problems: usize,
-    /// `hard`, `mul-lookup`: batches of the second task (few-shot, lookup) per multiplication
-    /// batch. Those answers supervise two or five digits per sequence, a product seventeen, so
-    /// the second task may need more of the steps.
+    /// Batches of the last task of the mix (few-shot, lookup, retrieval) per turn of the
+    /// others (`hard`, `mul-lookup`: per multiplication batch). Those answers supervise two to
+    /// seven digits per sequence, a product seventeen, so the last task may need more of the
+    /// steps.
     #[arg(long, default_value_t = 1)]
     lookup_weight: usize,
-    /// `mul-lookup`: how training draws the number of facts of a lookup batch, 1 to 46: `uniform`,
-    /// or `log` (log-uniform: short prompts, where a lookup is learned first and cheaply, more
-    /// often; long ones still about one batch in nine).
+    /// `mul-lookup`, `hard-retrieval`: how training draws the number of facts of a lookup
+    /// (1 to 46) or retrieval (1 to 26) batch: `uniform`, or `log` (log-uniform: short prompts,
+    /// where a lookup is learned first and cheaply, more often; long ones still about one
+    /// batch in nine).
     #[arg(long, value_enum, default_value_t = Facts::Uniform)]
     facts: Facts,
     /// Stop after this many steps of the `--steps` schedule (and save as at the end).
@@ -217,18 +239,27 @@ fn step_problems(
                 (encode_prompt(&p.prompt), encode_answer(&p.answer))
             })
             .collect(),
-        Tasks::Hard | Tasks::MulLookup => {
-            // One task per batch, in turns (one multiplication batch, then `lookup_weight`
-            // batches of the other task), and one prompt size per batch: no padding.
+        Tasks::Hard
+        | Tasks::MulLookup
+        | Tasks::HardRetrieval
+        | Tasks::Retrieval
+        | Tasks::HardPasskey => {
+            // One task per batch, in turns (one batch of each task but the last, then
+            // `lookup_weight` batches of the last), and one prompt size per batch: no padding.
             let tasks = tasks.hard();
-            let task = if step.is_multiple_of(1 + a.lookup_weight.max(1)) {
-                tasks[0]
-            } else {
-                tasks[1]
-            };
+            let (last, others) = tasks.split_last().expect("a hard mix has tasks");
+            let turn = step % (others.len() + a.lookup_weight.max(1));
+            let task = others.get(turn).copied().unwrap_or(*last);
             let facts = match (task, a.facts) {
                 (Task::Fewshot, _) => {
                     1 + (rng.next_u64() % hard_tasks::TRAIN_MAX_EXAMPLES as u64) as usize
+                }
+                (Task::Retrieval | Task::Passkey, Facts::Uniform) => {
+                    1 + (rng.next_u64() % hard_tasks::RETRIEVAL_FACTS as u64) as usize
+                }
+                (Task::Retrieval | Task::Passkey, Facts::Log) => {
+                    let max = hard_tasks::RETRIEVAL_FACTS;
+                    ((max as f64).powf(rng.uniform()) as usize).clamp(1, max)
                 }
                 (_, Facts::Uniform) => {
                     1 + (rng.next_u64() % hard_tasks::TRAIN_MAX_FACTS as u64) as usize
@@ -319,7 +350,11 @@ fn loss(model: &Llada, b: &Batch) -> dllm_cache::Result<Tensor<1>> {
 fn accuracy(tasks: Tasks, model: &Llada, n: usize) -> dllm_cache::Result<Vec<(&'static str, f64)>> {
     match tasks {
         Tasks::Digits => Ok(vec![("digits", digits_accuracy(model, n)?)]),
-        Tasks::Hard | Tasks::MulLookup => {
+        Tasks::Hard
+        | Tasks::MulLookup
+        | Tasks::HardRetrieval
+        | Tasks::Retrieval
+        | Tasks::HardPasskey => {
             let sampler = LladaSamplerConfig::new()
                 .with_steps(hard_tasks::GEN_LENGTH)
                 .with_gen_length(hard_tasks::GEN_LENGTH)
@@ -615,7 +650,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let text = match a.tasks {
         Tasks::Digits => card.digits(),
-        Tasks::Hard | Tasks::MulLookup => card.hard(),
+        Tasks::Hard
+        | Tasks::MulLookup
+        | Tasks::HardRetrieval
+        | Tasks::Retrieval
+        | Tasks::HardPasskey => card.hard(),
     };
     std::fs::write(a.out.join("README.md"), text)?;
     if checkpoint.exists() {
@@ -712,19 +751,39 @@ impl Card<'_> {
              below it, so the answer digits depend on each other.\n\
              - `fewshot`: 21 worked examples `ddddd>ddddd;` of one hidden digit operation (copy, +1, +5 or \
              9 - d on every digit) and a query `ddddd>`, 259 prompt tokens; the answer applies the operation to \
-             the query. Training draws 1 to 22 examples.\n\n\
+             the query. Training draws 1 to 22 examples.\n\
+             {retrieval}\n\
              Held-out problems (prompt hash = 0 mod 10) are never trained on. Training steps take the tasks in \
              turns, one task per batch. Tried and not used (docs/benchmarks.md): addition of two 16-digit \
-             numbers and a key-value lookup in a 262-token prompt (`--tasks mul-lookup`), which this model did \
-             not learn within the budget.\n\n\
+             numbers and a key-value lookup with two-letter keys in a 262-token prompt (`--tasks mul-lookup`), \
+             which this model did not learn within the budget.\n\n\
              **Training.** AdamW (weight decay 0.01, clip 1.0), warm-up then cosine decay of the learning \
              rate; {time} on {device}. Commands, in order:\n\n{commands}\n\n\
              **Result.** Final smoothed loss {final_loss:.4}; exact match on {n} held-out problems per task \
              (greedy, 32 steps, blocks of 8, no cache): {acc}. `cargo run --release --example eval_tiny -- --model \
              models/tiny-llada-hard` measures every cache policy and decoding rule on it.\n\n\
              Training curve of the last stage (step, smoothed loss, exact match on held-out problems):\n\n\
-             | step | loss | mul | fewshot |\n|---:|---:|---:|---:|\n{curve}\n",
+             | step | loss | {names} |\n|---:|---:|{align}\n{curve}\n",
             intro = self.intro(),
+            retrieval = self
+                .final_acc
+                .iter()
+                .filter_map(|(n, _)| match *n {
+                    "retrieval" => Some(
+                        "- `retrieval`: 26 facts `k=ddddddd;` (every letter once as a key, in random \
+                         order, seven-digit values) and a query `k?`, 263 prompt tokens; the answer is \
+                         the query's value. Training draws 1 to 26 facts.\n",
+                    ),
+                    "passkey" => Some(
+                        "- `passkey`: 26 facts `k=ddddddd;`, one of them (at a random place) keyed `+` \
+                         instead of a letter, and the query `+?`, 263 prompt tokens; the answer is the \
+                         passkey's seven digits. Training draws 1 to 26 facts.\n",
+                    ),
+                    _ => None,
+                })
+                .collect::<String>(),
+            names = self.final_acc.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "),
+            align = "---:|".repeat(self.final_acc.len()),
             commands = self.commands,
             time = match self.earlier_seconds {
                 Some(earlier) => format!(

@@ -19,6 +19,15 @@
 //!   answer is the query's value. A model of this size did not learn it within the training
 //!   budget (docs/benchmarks.md), so it is not among the shipped model's tasks.
 //!
+//! * [`Task::Retrieval`]: [`RETRIEVAL_FACTS`] facts `k=ddddddd;` (every one-letter key once,
+//!   in random order, seven-digit values) and a query `k?`, 263 prompt tokens; the answer is
+//!   the query's value, copied from one place in the long prompt (the paper's HotpotQA-like
+//!   regime: a long context, a short answer found in it). One-letter keys make the match a
+//!   comparison of one token with one token, which the two-letter lookup lacked.
+//! * [`Task::Passkey`]: the same 26 facts, one of them (at a random place) keyed `+` instead of
+//!   a letter, and the query `+?`: the passkey retrieval of long-context tests, the answer
+//!   found in one place of a 263-token prompt among 25 distractors shaped like it.
+//!
 //! Every response is [`GEN_LENGTH`] tokens (answer, then EOS), decoded in blocks of
 //! [`BLOCK_LENGTH`]. Characters and special tokens are those of `tiny_task.rs`. Problems are
 //! split by a hash of their prompt as there: training never sees a held-out prompt.
@@ -48,12 +57,20 @@ pub const FACTS: usize = 43;
 /// lookup; the long ones keep it working at the evaluated length.
 pub const TRAIN_MAX_FACTS: usize = 46;
 
+/// Facts in an evaluated retrieval prompt: every letter once (1 + 26 * 10 + 2 = 263 tokens
+/// with BOS); training draws 1 to 26 facts.
+pub const RETRIEVAL_FACTS: usize = 26;
+/// Digits of a retrieved value.
+pub const VALUE_DIGITS: usize = 7;
+
 /// A task of the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
     Mul,
     Fewshot,
     Lookup,
+    Retrieval,
+    Passkey,
 }
 
 impl Task {
@@ -65,6 +82,8 @@ impl Task {
             Task::Mul => "mul",
             Task::Fewshot => "fewshot",
             Task::Lookup => "lookup",
+            Task::Retrieval => "retrieval",
+            Task::Passkey => "passkey",
         }
     }
 }
@@ -146,6 +165,66 @@ pub fn lookup_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
     }
 }
 
+/// A random retrieval problem with `facts` facts (at most 26; either split).
+pub fn retrieval_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
+    let facts = facts.clamp(1, RETRIEVAL_FACTS);
+    let mut keys: Vec<u8> = (b'a'..=b'z').collect();
+    // Fisher-Yates: the first `facts` letters of a random order.
+    for i in 0..facts {
+        let j = i + (rng.next_u64() % (keys.len() - i) as u64) as usize;
+        keys.swap(i, j);
+    }
+    let mut prompt = String::with_capacity(facts * (VALUE_DIGITS + 3) + 2);
+    let mut values = Vec::with_capacity(facts);
+    for &k in &keys[..facts] {
+        let v: Vec<u8> = (0..VALUE_DIGITS).map(|_| digit(rng)).collect();
+        prompt.push(char::from(k));
+        prompt.push('=');
+        prompt.push_str(&text(&v));
+        prompt.push(';');
+        values.push(v);
+    }
+    let q = (rng.next_u64() % facts as u64) as usize;
+    prompt.push(char::from(keys[q]));
+    prompt.push('?');
+    Problem {
+        task: Task::Retrieval,
+        prompt,
+        answer: text(&values[q]),
+    }
+}
+
+/// A random passkey problem with `facts` facts (at most 26, one of them the passkey; either
+/// split).
+pub fn passkey_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
+    let facts = facts.clamp(1, RETRIEVAL_FACTS);
+    let mut keys: Vec<u8> = (b'a'..=b'z').collect();
+    for i in 0..facts {
+        let j = i + (rng.next_u64() % (keys.len() - i) as u64) as usize;
+        keys.swap(i, j);
+    }
+    let needle = (rng.next_u64() % facts as u64) as usize;
+    keys[needle] = b'+';
+    let mut prompt = String::with_capacity(facts * (VALUE_DIGITS + 3) + 2);
+    let mut answer = String::new();
+    for (i, &k) in keys[..facts].iter().enumerate() {
+        let v = text(&(0..VALUE_DIGITS).map(|_| digit(rng)).collect::<Vec<u8>>());
+        prompt.push(char::from(k));
+        prompt.push('=');
+        prompt.push_str(&v);
+        prompt.push(';');
+        if i == needle {
+            answer = v;
+        }
+    }
+    prompt.push_str("+?");
+    Problem {
+        task: Task::Passkey,
+        prompt,
+        answer,
+    }
+}
+
 /// A random few-shot problem with `examples` worked examples (either split).
 pub fn fewshot_problem(rng: &mut SplitMix64, examples: usize) -> Problem {
     let op = Op::ALL[(rng.next_u64() % Op::ALL.len() as u64) as usize];
@@ -176,6 +255,8 @@ pub fn random_problem(rng: &mut SplitMix64, task: Task) -> Problem {
         Task::Mul => mul_problem(rng),
         Task::Fewshot => fewshot_problem(rng, EXAMPLES),
         Task::Lookup => lookup_problem(rng, FACTS),
+        Task::Retrieval => retrieval_problem(rng, RETRIEVAL_FACTS),
+        Task::Passkey => passkey_problem(rng, RETRIEVAL_FACTS),
     }
 }
 
@@ -194,14 +275,16 @@ pub fn next_eval_problem(rng: &mut SplitMix64, task: Task) -> Problem {
     }
 }
 
-/// The next training problem of `task`; few-shot prompts with `size` examples, lookups with
-/// `size` facts.
+/// The next training problem of `task`; few-shot prompts with `size` examples, lookups and
+/// retrievals with `size` facts.
 pub fn next_train_problem(rng: &mut SplitMix64, task: Task, size: usize) -> Problem {
     loop {
         let p = match task {
             Task::Mul => mul_problem(rng),
             Task::Fewshot => fewshot_problem(rng, size),
             Task::Lookup => lookup_problem(rng, size),
+            Task::Retrieval => retrieval_problem(rng, size),
+            Task::Passkey => passkey_problem(rng, size),
         };
         if !held_out(&p.prompt) {
             return p;
@@ -223,5 +306,38 @@ mod tests {
         // 98 * 7 = 686; 15 * 7 = 105
         assert_eq!(mul_reversed(&[8, 9], 7), vec![6, 8, 6]);
         assert_eq!(mul_reversed(&[5, 1], 7), vec![5, 0, 1]);
+    }
+
+    #[test]
+    fn retrieval_prompt_has_every_key_once_and_the_answer_after_the_query_key() {
+        let mut rng = SplitMix64::new(3);
+        let p = retrieval_problem(&mut rng, RETRIEVAL_FACTS);
+        assert_eq!(p.prompt.len() + 1, 263);
+        let facts: Vec<&str> = p.prompt.split(';').collect();
+        let (query, facts) = facts.split_last().unwrap();
+        let mut keys: Vec<u8> = facts.iter().map(|f| f.as_bytes()[0]).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (b'a'..=b'z').collect::<Vec<u8>>());
+        let key = &query[..1];
+        let fact = facts.iter().find(|f| f.starts_with(key)).unwrap();
+        assert_eq!(&fact[2..], p.answer);
+        assert_eq!(p.answer.len(), VALUE_DIGITS);
+    }
+
+    #[test]
+    fn passkey_prompt_has_one_needle_among_distinct_letters() {
+        let mut rng = SplitMix64::new(4);
+        let p = passkey_problem(&mut rng, RETRIEVAL_FACTS);
+        assert_eq!(p.prompt.len() + 1, 263);
+        assert!(p.prompt.ends_with("+?"));
+        let facts: Vec<&str> = p.prompt.split(';').collect();
+        let (_, facts) = facts.split_last().unwrap();
+        let needles: Vec<&&str> = facts.iter().filter(|f| f.starts_with('+')).collect();
+        assert_eq!(needles.len(), 1);
+        assert_eq!(&needles[0][2..], p.answer);
+        let mut keys: Vec<u8> = facts.iter().map(|f| f.as_bytes()[0]).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), RETRIEVAL_FACTS);
     }
 }
