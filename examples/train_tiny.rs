@@ -14,10 +14,10 @@
 //! interdependent digits) and a 21-shot digit operation in a 259-token prompt, 32-token
 //! responses; training steps take the tasks in turns, one task per batch. `mul-lookup`
 //! (multiplication and key-value lookup) reruns an attempt that did not learn the lookup.
-//! `retrieval`, `hard-retrieval` and `hard-passkey` are stages toward a retrieval task, each
+//! `retrieval`, `hard-retrieval`, `passkey` and `hard-passkey` are stages toward a retrieval task, each
 //! started from an earlier model with `--init` (docs/benchmarks.md, "Toward a retrieval
-//! task"): one-letter-key retrieval alone, and the `hard` tasks with one-letter-key retrieval
-//! or with a passkey among distractors.
+//! task"): one-letter-key retrieval or a passkey among distractors, alone or with the `hard`
+//! tasks.
 //!
 //! Objective: prompt tokens are never masked; each response token is masked with probability
 //! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
@@ -78,17 +78,16 @@ enum Tasks {
     /// The `hard` tasks and passkey retrieval in a 263-token prompt; trained from a
     /// `retrieval` model with `--init` (the last stage of models/tiny-llada-hard).
     HardPasskey,
+    /// Passkey retrieval alone: a first stage where the copy and the search for the marked
+    /// fact are learned at the full rate of short prompts.
+    Passkey,
 }
 
 impl Tasks {
     fn gen_length(self) -> usize {
         match self {
             Tasks::Digits => GEN_LENGTH,
-            Tasks::Hard
-            | Tasks::MulLookup
-            | Tasks::HardRetrieval
-            | Tasks::Retrieval
-            | Tasks::HardPasskey => hard_tasks::GEN_LENGTH,
+            _ => hard_tasks::GEN_LENGTH,
         }
     }
 
@@ -101,6 +100,7 @@ impl Tasks {
             Tasks::HardRetrieval => &[Task::Mul, Task::Fewshot, Task::Retrieval],
             Tasks::Retrieval => &[Task::Retrieval],
             Tasks::HardPasskey => &[Task::Mul, Task::Fewshot, Task::Passkey],
+            Tasks::Passkey => &[Task::Passkey],
         }
     }
 }
@@ -239,11 +239,7 @@ fn step_problems(
                 (encode_prompt(&p.prompt), encode_answer(&p.answer))
             })
             .collect(),
-        Tasks::Hard
-        | Tasks::MulLookup
-        | Tasks::HardRetrieval
-        | Tasks::Retrieval
-        | Tasks::HardPasskey => {
+        _ => {
             // One task per batch, in turns (one batch of each task but the last, then
             // `lookup_weight` batches of the last), and one prompt size per batch: no padding.
             let tasks = tasks.hard();
@@ -350,11 +346,7 @@ fn loss(model: &Llada, b: &Batch) -> dllm_cache::Result<Tensor<1>> {
 fn accuracy(tasks: Tasks, model: &Llada, n: usize) -> dllm_cache::Result<Vec<(&'static str, f64)>> {
     match tasks {
         Tasks::Digits => Ok(vec![("digits", digits_accuracy(model, n)?)]),
-        Tasks::Hard
-        | Tasks::MulLookup
-        | Tasks::HardRetrieval
-        | Tasks::Retrieval
-        | Tasks::HardPasskey => {
+        _ => {
             let sampler = LladaSamplerConfig::new()
                 .with_steps(hard_tasks::GEN_LENGTH)
                 .with_gen_length(hard_tasks::GEN_LENGTH)
@@ -650,11 +642,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let text = match a.tasks {
         Tasks::Digits => card.digits(),
-        Tasks::Hard
-        | Tasks::MulLookup
-        | Tasks::HardRetrieval
-        | Tasks::Retrieval
-        | Tasks::HardPasskey => card.hard(),
+        _ => card.hard(),
     };
     std::fs::write(a.out.join("README.md"), text)?;
     if checkpoint.exists() {
