@@ -165,63 +165,59 @@ pub fn lookup_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
     }
 }
 
-/// A random retrieval problem with `facts` facts (at most 26; either split).
-pub fn retrieval_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
-    let facts = facts.clamp(1, RETRIEVAL_FACTS);
+/// The first `facts` letters of a random order of the alphabet (at most 26): distinct keys.
+fn random_letters(rng: &mut SplitMix64, facts: usize) -> Vec<u8> {
     let mut keys: Vec<u8> = (b'a'..=b'z').collect();
-    // Fisher-Yates: the first `facts` letters of a random order.
+    // Fisher-Yates, stopped after the places that are kept.
     for i in 0..facts {
         let j = i + (rng.next_u64() % (keys.len() - i) as u64) as usize;
         keys.swap(i, j);
     }
-    let mut prompt = String::with_capacity(facts * (VALUE_DIGITS + 3) + 2);
-    let mut values = Vec::with_capacity(facts);
-    for &k in &keys[..facts] {
-        let v: Vec<u8> = (0..VALUE_DIGITS).map(|_| digit(rng)).collect();
+    keys.truncate(facts);
+    keys
+}
+
+/// The facts `k=ddddddd;` of `keys`, with random values: (their text, the values).
+fn facts_text(rng: &mut SplitMix64, keys: &[u8]) -> (String, Vec<String>) {
+    let mut prompt = String::with_capacity(keys.len() * (VALUE_DIGITS + 3) + 2);
+    let mut values = Vec::with_capacity(keys.len());
+    for &k in keys {
+        let v = text(&(0..VALUE_DIGITS).map(|_| digit(rng)).collect::<Vec<u8>>());
         prompt.push(char::from(k));
         prompt.push('=');
-        prompt.push_str(&text(&v));
+        prompt.push_str(&v);
         prompt.push(';');
         values.push(v);
     }
-    let q = (rng.next_u64() % facts as u64) as usize;
+    (prompt, values)
+}
+
+/// A random retrieval problem with `facts` facts (at most 26; either split).
+pub fn retrieval_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
+    let keys = random_letters(rng, facts.clamp(1, RETRIEVAL_FACTS));
+    let (mut prompt, mut values) = facts_text(rng, &keys);
+    let q = (rng.next_u64() % keys.len() as u64) as usize;
     prompt.push(char::from(keys[q]));
     prompt.push('?');
     Problem {
         task: Task::Retrieval,
         prompt,
-        answer: text(&values[q]),
+        answer: values.swap_remove(q),
     }
 }
 
 /// A random passkey problem with `facts` facts (at most 26, one of them the passkey; either
 /// split).
 pub fn passkey_problem(rng: &mut SplitMix64, facts: usize) -> Problem {
-    let facts = facts.clamp(1, RETRIEVAL_FACTS);
-    let mut keys: Vec<u8> = (b'a'..=b'z').collect();
-    for i in 0..facts {
-        let j = i + (rng.next_u64() % (keys.len() - i) as u64) as usize;
-        keys.swap(i, j);
-    }
-    let needle = (rng.next_u64() % facts as u64) as usize;
+    let mut keys = random_letters(rng, facts.clamp(1, RETRIEVAL_FACTS));
+    let needle = (rng.next_u64() % keys.len() as u64) as usize;
     keys[needle] = b'+';
-    let mut prompt = String::with_capacity(facts * (VALUE_DIGITS + 3) + 2);
-    let mut answer = String::new();
-    for (i, &k) in keys[..facts].iter().enumerate() {
-        let v = text(&(0..VALUE_DIGITS).map(|_| digit(rng)).collect::<Vec<u8>>());
-        prompt.push(char::from(k));
-        prompt.push('=');
-        prompt.push_str(&v);
-        prompt.push(';');
-        if i == needle {
-            answer = v;
-        }
-    }
+    let (mut prompt, mut values) = facts_text(rng, &keys);
     prompt.push_str("+?");
     Problem {
         task: Task::Passkey,
         prompt,
-        answer,
+        answer: values.swap_remove(needle),
     }
 }
 
