@@ -168,7 +168,8 @@ struct Args {
     /// `mul-lookup`, `hard-retrieval`: how training draws the number of facts of a lookup
     /// (1 to 46) or retrieval (1 to 26) batch: `uniform`, or `log` (log-uniform: short prompts,
     /// where a lookup is learned first and cheaply, more often; long ones still about one
-    /// batch in nine).
+    /// batch in nine), or `full` (always the evaluated size, 26 retrieval facts: the queried fact
+    /// is then as often far from the query as near it).
     #[arg(long, value_enum, default_value_t = Facts::Uniform)]
     facts: Facts,
     /// Stop after this many steps of the `--steps` schedule (and save as at the end).
@@ -181,6 +182,7 @@ struct Args {
 enum Facts {
     Uniform,
     Log,
+    Full,
 }
 
 fn device(cuda: bool) -> Device {
@@ -257,6 +259,8 @@ fn step_problems(
                     let max = hard_tasks::RETRIEVAL_FACTS;
                     ((max as f64).powf(rng.uniform()) as usize).clamp(1, max)
                 }
+                (Task::Retrieval | Task::Passkey, Facts::Full) => hard_tasks::RETRIEVAL_FACTS,
+                (_, Facts::Full) => hard_tasks::FACTS,
                 (_, Facts::Uniform) => {
                     1 + (rng.next_u64() % hard_tasks::TRAIN_MAX_FACTS as u64) as usize
                 }
