@@ -6,6 +6,8 @@
 //! cargo run --release --example eval_tiny                                        # models/tiny-llada
 //! cargo run --release --example eval_tiny -- --model models/tiny-llada-hard --json
 //! cargo run --release --example eval_tiny -- --model models/tiny-llada-hard --svg docs/quality-vs-speed.svg
+//! cargo run --release --example eval_tiny -- --model models/tiny-llada-hard --only mul \
+//!     --settings 2 --extra-dllm 1/7/0.25     # no cache, official dLLM-Cache, prompt every step
 //! ```
 //!
 //! Every setting answers the same problems (the first `--problems` held-out problems of each
@@ -75,13 +77,23 @@ struct Args {
     /// Also write the accuracy-against-speedup plot (SVG) to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Add a dLLM-Cache setting `KP/KR/RHO` after the fixed twelve (repeatable); for
+    /// questions the table raises, not part of it.
+    #[arg(long)]
+    extra_dllm: Vec<String>,
+    /// Run only these of the fixed settings, by the table's `#` (comma separated; setting 1,
+    /// no cache, always runs: the ratios are against it; so do `--extra-dllm` settings).
+    #[arg(long, value_delimiter = ',')]
+    settings: Vec<usize>,
 }
 
 /// One evaluated configuration: a cache policy and a commit rule.
 struct Setting {
-    name: &'static str,
+    /// The table's `#` (1-based; extra settings follow the fixed twelve).
+    number: usize,
+    name: String,
     /// The policy's name in the JSON output.
-    policy: &'static str,
+    policy: String,
     cache: CacheChoice,
     decode: CommitRule,
 }
@@ -98,9 +110,10 @@ fn settings() -> Vec<Setting> {
                 .with_refresh_first_layer(l0),
         )
     };
-    let s = |name, policy, cache, decode| Setting {
-        name,
-        policy,
+    let s = |name: &str, policy: &str, cache, decode| Setting {
+        number: 0,
+        name: name.to_string(),
+        policy: policy.to_string(),
         cache,
         decode,
     };
@@ -154,6 +167,31 @@ fn settings() -> Vec<Setting> {
             Threshold(0.9),
         ),
     ]
+}
+
+/// `KP/KR/RHO` of `--extra-dllm`: a dLLM-Cache setting outside the fixed table (layer 0
+/// refreshed at every step, as in the official code), for a question the table raised.
+fn extra_dllm(spec: &str) -> Result<Setting, String> {
+    let bad = || format!("--extra-dllm `{spec}`: expected KP/KR/RHO, for example 1/7/0.25");
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [kp, kr, rho] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let kp: usize = kp.parse().map_err(|_| bad())?;
+    let kr: usize = kr.parse().map_err(|_| bad())?;
+    let rho: f64 = rho.parse().map_err(|_| bad())?;
+    let config = DllmCacheConfig::new()
+        .with_prompt_interval(kp)
+        .with_response_interval(kr)
+        .with_refresh_ratio(rho)
+        .with_refresh_first_layer(true);
+    Ok(Setting {
+        number: 0,
+        name: format!("dllm {kp}/{kr}/{rho} (extra)"),
+        policy: format!("dllm:{kp}/{kr}/{rho}"),
+        cache: CacheChoice::Dllm(config),
+        decode: CommitRule::Schedule,
+    })
 }
 
 /// A held-out problem, tokenized.
@@ -309,7 +347,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         set.tasks.retain(|(t, _)| a.only.iter().any(|n| n == t));
     }
     let model = Llada::from_dir(&dir, &Device::flex())?;
-    let settings = settings();
+    let mut settings = settings();
+    let fixed = settings.len();
+    for spec in &a.extra_dllm {
+        settings.push(extra_dllm(spec)?);
+    }
+    for (i, s) in settings.iter_mut().enumerate() {
+        s.number = i + 1;
+    }
+    if !a.settings.is_empty() {
+        if let Some(bad) = a.settings.iter().find(|&&n| n == 0 || n > fixed) {
+            return Err(format!("--settings: no setting {bad} (1 to {fixed})").into());
+        }
+        // Setting 1 (no cache) stays: every ratio is against it; so do the extra settings,
+        // which were asked for by name.
+        settings.retain(|s| s.number == 1 || s.number > fixed || a.settings.contains(&s.number));
+    }
     let samplers = settings
         .iter()
         .map(|s| {
@@ -391,8 +444,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .enumerate()
                 .map(|(t, (name, _))| (name.to_string(), tallies[s][t].accuracy().into()))
                 .collect();
-            row["setting"] = setting.name.into();
-            row["policy"] = setting.policy.into();
+            row["number"] = setting.number.into();
+            row["setting"] = setting.name.clone().into();
+            row["policy"] = setting.policy.clone().into();
             row["decode"] = setting.decode.to_string().into();
             row["accuracy_by_task"] = accuracy_by_task.into();
             row["by_task"] = by_task.into();
@@ -448,7 +502,7 @@ fn print_table(a: &Args, set: &TaskSet, rows: &[serde_json::Value]) {
     );
     println!("|---:|---|{}", "---:|".repeat(4 + 2 * names.len()));
     let pct = |v: &serde_json::Value| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(f64::NAN));
-    for (i, r) in rows.iter().enumerate() {
+    for r in rows {
         let by_task: Vec<String> = names
             .iter()
             .map(|n| pct(&r["accuracy_by_task"][*n]))
@@ -464,7 +518,7 @@ fn print_table(a: &Args, set: &TaskSet, rows: &[serde_json::Value]) {
             .collect();
         println!(
             "| {} | {} | {} | {} | {:.1} | {:.2}x | {:.2}x | {} |",
-            i + 1,
+            r["number"],
             r["setting"].as_str().unwrap_or_default(),
             by_task.join(" | "),
             pct(&r["accuracy"]),
@@ -547,7 +601,7 @@ fn plot(
                 EmptyElement::at((x, y))
                     + Circle::new((0, 0), 4, style)
                     + Text::new(
-                        format!("{}", i + 1),
+                        rows[i]["number"].to_string(),
                         (5, -14),
                         ("sans-serif", 12).into_font().color(&BLACK),
                     ),
