@@ -42,7 +42,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     problems: usize,
     /// Instead of every size: at the full size, exact match by the place of the queried fact
-    /// (in fifths of the prompt), and whether each wrong answer is another fact's value.
+    /// (in five groups of facts, about fifths of the prompt), and whether each wrong answer is another fact's value.
     #[arg(long)]
     by_place: bool,
 }
@@ -163,8 +163,8 @@ fn by_place(
     for b in 0..BINS {
         println!(
             "| {}-{} of {facts} | {}/{} |",
-            b * facts / BINS + 1,
-            (b + 1) * facts / BINS,
+            (b * facts).div_ceil(BINS) + 1,
+            ((b + 1) * facts).div_ceil(BINS),
             right[b],
             seen[b]
         );
