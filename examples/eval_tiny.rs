@@ -100,16 +100,19 @@ struct Setting {
 
 /// The table's settings, fixed before any was measured: the aggressive ones are chosen to be
 /// aggressive (the response never or rarely refreshed, nothing re-verified), not tuned.
+/// dLLM-Cache with prompt interval `kp`, response interval `kr`, refresh ratio `rho`, and
+/// layer 0 recomputed at every step when `l0` (the official code's refresh).
+fn dllm(kp: usize, kr: usize, rho: f64, l0: bool) -> CacheChoice {
+    CacheChoice::Dllm(
+        DllmCacheConfig::new()
+            .with_prompt_interval(kp)
+            .with_response_interval(kr)
+            .with_refresh_ratio(rho)
+            .with_refresh_first_layer(l0),
+    )
+}
+
 fn settings() -> Vec<Setting> {
-    let dllm = |kp, kr, rho, l0| {
-        CacheChoice::Dllm(
-            DllmCacheConfig::new()
-                .with_prompt_interval(kp)
-                .with_response_interval(kr)
-                .with_refresh_ratio(rho)
-                .with_refresh_first_layer(l0),
-        )
-    };
     let s = |name: &str, policy: &str, cache, decode| Setting {
         number: 0,
         name: name.to_string(),
@@ -180,16 +183,11 @@ fn extra_dllm(spec: &str) -> Result<Setting, String> {
     let kp: usize = kp.parse().map_err(|_| bad())?;
     let kr: usize = kr.parse().map_err(|_| bad())?;
     let rho: f64 = rho.parse().map_err(|_| bad())?;
-    let config = DllmCacheConfig::new()
-        .with_prompt_interval(kp)
-        .with_response_interval(kr)
-        .with_refresh_ratio(rho)
-        .with_refresh_first_layer(true);
     Ok(Setting {
         number: 0,
         name: format!("dllm {kp}/{kr}/{rho} (extra)"),
         policy: format!("dllm:{kp}/{kr}/{rho}"),
-        cache: CacheChoice::Dllm(config),
+        cache: dllm(kp, kr, rho, true),
         decode: CommitRule::Schedule,
     })
 }

@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     problems: usize,
     /// Instead of every size: at the full size, exact match by the place of the queried fact
-    /// (in five groups of facts, about fifths of the prompt), and whether each wrong answer is another fact's value.
+    /// (in five groups of facts, about fifths of the prompt), and whether each wrong answer
+    /// is another fact's value.
     #[arg(long)]
     by_place: bool,
 }
@@ -137,16 +138,13 @@ fn by_place(
         let out = sampler.generate(model, &ids, &mut NoCache)?;
         for (r, p) in chunk.iter().enumerate() {
             let answer = tiny_task::decode_answer(out.response(r));
-            let body = &p.prompt[..p.prompt.len() - 2];
-            let values: Vec<&str> = body
-                .split(';')
-                .filter(|f| !f.is_empty())
-                .map(|f| f.get(2..).unwrap_or(""))
-                .collect();
-            let key = p.prompt.as_bytes()[p.prompt.len() - 2];
-            let place = body
-                .split(';')
-                .position(|f| f.as_bytes().first() == Some(&key))
+            // The prompt is the facts `k=value;` then the query `k?`.
+            let (body, query) = p.prompt.split_at(p.prompt.len() - 2);
+            let facts_of: Vec<&str> = body.split(';').filter(|f| !f.is_empty()).collect();
+            let values: Vec<&str> = facts_of.iter().map(|f| f.get(2..).unwrap_or("")).collect();
+            let place = facts_of
+                .iter()
+                .position(|f| f.as_bytes().first() == query.as_bytes().first())
                 .unwrap_or(0);
             let bin = (place * BINS / facts).min(BINS - 1);
             seen[bin] += 1;
