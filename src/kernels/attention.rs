@@ -1,6 +1,7 @@
 //! Attention on the flex backend in float32: `softmax(q k^T / sqrt(d)) v` per block of query
-//! rows, with one gemm per key segment for the scores, a vectorised softmax of each row and
-//! accumulating gemms for the output, blocks in parallel.
+//! rows, with one gemm for the scores against keys transposed once per call, a vectorised
+//! softmax of each row and accumulating gemms (one per value segment) for the output, blocks in
+//! parallel.
 //!
 //! Profiling burn-flex 0.22.1's fused op at 1088 positions (8 heads of 64) showed two thirds of
 //! its time in a scalar per-row online-softmax loop and a sixth in scalar `expf`, against 15% in
@@ -9,9 +10,10 @@
 //!
 //! Queries are token-major (`[batch, rows, heads, head_dim]`, as the projections produce them)
 //! and read at a row stride. Keys and values come as segments (prompt, response), head-major
-//! (`[batch, kv_heads, rows, head_dim]`), which is what the gemm reads fastest; they are read in
-//! place through burn's backend-extension access to the flex primitive, so the cached prompt
-//! keys are neither copied nor concatenated at each step. A segment that is not contiguous is
+//! (`[batch, kv_heads, rows, head_dim]`), read through burn's backend-extension access to the
+//! flex primitive: values in place (the layout the output gemm reads fastest), keys once per
+//! call into one transposed, padded buffer per head that every row block's score gemm reads in
+//! place (the head-major form was packed again by each of those calls). A segment that is not contiguous is
 //! made contiguous once and handed back, so that the feature cache stores the contiguous form.
 //! Keys and values may have fewer heads than queries (grouped-query attention): query head `h`
 //! reads key/value head `h / (heads / kv_heads)`, without materialising the repeated heads.
@@ -24,8 +26,19 @@ use rayon::prelude::*;
 use super::KvSegment;
 use super::simd::{exp, vectorised};
 
-/// Most query rows per task: the score block (64 x seq floats) stays in L2.
-const MAX_ROWS: usize = 64;
+/// Query rows up to which one block per head does them all: gemm packs the head's keys once,
+/// in that call, and the score block (64 x seq floats) stays in L2.
+const ONE_BLOCK: usize = 64;
+
+/// Query rows per block above [`ONE_BLOCK`], where every block's gemm would pack the head's
+/// keys again: the keys are transposed once per call instead, and gemm (0.19, x86) reads them
+/// in place as long as a call has at most 8 x NR = 48 columns (query rows).
+const MAX_ROWS: usize = 48;
+
+/// Transposed keys are padded to a multiple of this many positions, so that gemm can read them
+/// in place: it packs a left operand whose row count is not a multiple of its vector width
+/// (16 floats with AVX-512, 8 with AVX2).
+const KEY_PAD: usize = 16;
 
 /// The flex primitive of `t` (sharing its buffer), made contiguous first if it is not:
 /// then `t` is replaced by the contiguous tensor, so callers keep that one.
@@ -105,13 +118,34 @@ pub(super) fn attention(
         let mask = mask.as_ref().map(|m| m.iter::<bool>().collect::<Vec<_>>());
         let scale = 1.0 / (hd as f32).sqrt();
         let rep = h / kv_heads;
+        // Above one block, every (batch row, kv head)'s keys over the whole sequence,
+        // transposed once here to [hd x stride]: gemm reads that layout in place, where it
+        // packed the head-major [len x hd] again in every block's call.
+        let (rows_per_block, stride) = if nq <= ONE_BLOCK {
+            (nq, seq)
+        } else {
+            (MAX_ROWS, seq.next_multiple_of(KEY_PAD))
+        };
+        let mut transposed = Vec::new();
+        if nq > ONE_BLOCK {
+            transposed = vec![0f32; b * kv_heads * hd * stride];
+            transposed
+                .par_chunks_mut(hd * stride)
+                .enumerate()
+                .for_each(|(g, dst)| {
+                    let mut col = 0;
+                    for (len, k, _) in &kv {
+                        transpose_into(plane(k, g, *len, hd), hd, dst, stride, col);
+                        col += len;
+                    }
+                });
+        }
         // Tasks are (batch row, block of query rows, heads): each writes its own tiles of
-        // `out` (its rows, its heads' columns). With few query rows (a cached step
-        // recomputes 16 of 1088) there is a task per head, each packing only its own
-        // head's keys for the gemm.
-        let blocks = nq.div_ceil(MAX_ROWS);
+        // `out` (its rows, its heads' columns).
+        let blocks = nq.div_ceil(rows_per_block);
         // Row blocks alone give every thread work on a full pass; a task then runs all
-        // heads and reuses one score buffer. With few rows, one task per head instead.
+        // heads and reuses one score buffer. With few rows (a cached step recomputes 16 of
+        // 1088), one task per head instead.
         let group = if b * blocks >= 2 * rayon::current_num_threads() {
             h
         } else {
@@ -122,18 +156,18 @@ pub(super) fn attention(
         (0..b * blocks * groups).into_par_iter().for_each(|task| {
             let (bi, rest) = (task / (blocks * groups), task % (blocks * groups));
             let (blk, hg) = (rest / groups, rest % groups);
-            let first = blk * MAX_ROWS;
-            let n = MAX_ROWS.min(nq - first);
-            let mut scores = vec![0f32; n * seq];
+            let first = blk * rows_per_block;
+            let n = rows_per_block.min(nq - first);
+            let mut scores = vec![0f32; n * stride];
             for hi in hg * group..(hg + 1) * group {
                 let g = bi * kv_heads + hi / rep;
-                let heads: Vec<(&[f32], &[f32])> = kv
-                    .iter()
-                    .map(|(len, k, v)| {
-                        let plane = g * len * hd..(g + 1) * len * hd;
-                        (&k[plane.clone()], &v[plane])
-                    })
-                    .collect();
+                let values: Vec<&[f32]> =
+                    kv.iter().map(|(len, _, v)| plane(v, g, *len, hd)).collect();
+                let keys = if transposed.is_empty() {
+                    Keys::Segments(kv.iter().map(|(len, k, _)| plane(k, g, *len, hd)).collect())
+                } else {
+                    Keys::Transposed(&transposed[g * hd * stride..(g + 1) * hd * stride])
+                };
                 let query = Query {
                     q: &qd[(bi * nq + first) * width + hi * hd..],
                     rows: n,
@@ -149,7 +183,8 @@ pub(super) fn attention(
                 unsafe {
                     head(
                         query,
-                        &heads,
+                        keys,
+                        &values,
                         &mut scores,
                         tiles.at(offset),
                         width,
@@ -196,16 +231,49 @@ impl Tiles {
     }
 }
 
-/// Attention of one head for a block of query rows over the key/value segments `kv`
-/// (each `[len, hd]` row-major), written to `out` (`[rows, hd]` at row stride
-/// `out_stride`).
+/// Plane `g` (a batch row's kv head) of a head-major `[.., len, hd]` buffer.
+fn plane(t: &[f32], g: usize, len: usize, hd: usize) -> &[f32] {
+    &t[g * len * hd..(g + 1) * len * hd]
+}
+
+/// `src` (`[len x hd]` row-major) written transposed into `dst` (`[hd x stride]` row-major)
+/// at columns `col..col + len`.
+fn transpose_into(src: &[f32], hd: usize, dst: &mut [f32], stride: usize, col: usize) {
+    // 16 source rows at a time: they stay in L1 while each of their hd columns is written
+    // as one contiguous run.
+    for (chunk, rows) in src.chunks(16 * hd).enumerate() {
+        let at = col + 16 * chunk;
+        for d in 0..hd {
+            let out = &mut dst[d * stride + at..];
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(hd)) {
+                *o = row[d];
+            }
+        }
+    }
+}
+
+/// One head's keys, as the score gemm reads them.
+enum Keys<'a> {
+    /// Each segment head-major, `[len x hd]` row-major: gemm packs them inside the call.
+    Segments(Vec<&'a [f32]>),
+    /// The whole sequence transposed, `[hd x stride]` row-major (`stride` >= seq, a multiple
+    /// of [`KEY_PAD`], zeros past seq): gemm reads them in place.
+    Transposed(&'a [f32]),
+}
+
+/// Attention of one head for a block of query rows, against `keys` and the value segments
+/// `values` (each `[len x hd]` row-major, seq rows together), written to `out` (`[rows, hd]`
+/// at row stride `out_stride`). `scores` holds `rows` rows of seq floats (of `stride` for
+/// transposed keys; columns past seq are ignored).
 ///
 /// # Safety
 /// `out` must be valid for writes of the `rows x hd` tile at row stride `out_stride`, and
 /// nothing else may access that tile during the call.
+#[allow(clippy::too_many_arguments)]
 unsafe fn head(
     query: Query<'_>,
-    kv: &[(&[f32], &[f32])],
+    keys: Keys<'_>,
+    values: &[&[f32]],
     scores: &mut [f32],
     out: *mut f32,
     out_stride: usize,
@@ -218,47 +286,65 @@ unsafe fn head(
         q_stride,
         masked,
     } = query;
-    let seq: usize = kv.iter().map(|(k, _)| k.len() / hd).sum();
+    let seq: usize = values.iter().map(|v| v.len() / hd).sum();
+    let stride = match &keys {
+        Keys::Segments(_) => seq,
+        Keys::Transposed(t) => t.len() / hd,
+    };
     assert!(q.len() >= span(rows, q_stride, hd));
-    assert!(scores.len() == rows * seq);
-    let mut col = 0;
-    for (k, _) in kv {
-        let len = k.len() / hd;
-        // SAFETY: scores [rows x seq] row-major, written in columns col..col + len (within
-        // seq by construction); q [rows x hd] at row stride `q_stride` (asserted above);
-        // k^T [hd x len] read from k [len x hd] row-major (exactly k.len() elements).
-        unsafe {
-            gemm::gemm(
-                rows,
-                len,
-                hd,
-                scores.as_mut_ptr().add(col),
-                1,
-                seq as isize,
-                false,
-                q.as_ptr(),
-                1,
-                q_stride as isize,
-                k.as_ptr(),
-                hd as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+    assert!(seq <= stride && scores.len() == rows * stride);
+    // The score gemm `scores[.., col..col + len] = scale * q k^T` for a key matrix whose
+    // element (d, j) sits at `k[d * rs + j * cs]`.
+    let scores_of =
+        |scores: &mut [f32], col: usize, len: usize, k: &[f32], rs: usize, cs: usize| {
+            assert!(col + len <= stride && k.len() > (hd - 1) * rs + (len - 1) * cs);
+            // SAFETY: scores [rows x stride] row-major, written in columns col..col + len (within
+            // stride, asserted); q [rows x hd] at row stride `q_stride` (asserted above); the key
+            // matrix [hd x len] at strides (rs, cs) ends inside `k` (asserted).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    len,
+                    hd,
+                    scores.as_mut_ptr().add(col),
+                    1,
+                    stride as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    q_stride as isize,
+                    k.as_ptr(),
+                    cs as isize,
+                    rs as isize,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+    match keys {
+        Keys::Segments(segments) => {
+            let mut col = 0;
+            for k in segments {
+                let len = k.len() / hd;
+                if len > 0 {
+                    scores_of(scores, col, len, k, 1, hd);
+                }
+                col += len;
+            }
         }
-        col += len;
+        Keys::Transposed(t) => scores_of(scores, 0, stride, t, stride, 1),
     }
-    softmax_rows(scores, seq, masked);
+    softmax_rows(scores, stride, seq, masked);
     let mut col = 0;
-    for (i, (_, v)) in kv.iter().enumerate() {
+    for (i, v) in values.iter().enumerate() {
         let len = v.len() / hd;
         // SAFETY: out [rows x hd] at row stride out_stride (the caller's contract); the score
-        // columns col..col + len of [rows x seq]; v [len x hd] row-major. Segments after
-        // the first accumulate into `out`.
+        // columns col..col + len (within seq <= stride) of [rows x stride]; v [len x hd]
+        // row-major. Segments after the first accumulate into `out`.
         unsafe {
             gemm::gemm(
                 rows,
@@ -270,7 +356,7 @@ unsafe fn head(
                 i > 0,
                 scores.as_ptr().add(col),
                 1,
-                seq as isize,
+                stride as isize,
                 v.as_ptr(),
                 1,
                 hd as isize,
@@ -286,14 +372,15 @@ unsafe fn head(
     }
 }
 
-/// Row-wise softmax of `scores` (`seq` columns), masked keys excluded, with the widest
-/// vector instructions the CPU has (one feature check per block, not per row).
-fn softmax_rows(scores: &mut [f32], seq: usize, masked: Option<&[bool]>) {
+/// Row-wise softmax of the first `seq` columns of `scores` (rows of `stride` floats), masked
+/// keys excluded, with the widest vector instructions the CPU has (one feature check per
+/// block, not per row).
+fn softmax_rows(scores: &mut [f32], stride: usize, seq: usize, masked: Option<&[bool]>) {
     vectorised(
         #[inline(always)]
         || {
-            for row in scores.chunks_exact_mut(seq) {
-                softmax_in_place(row, masked);
+            for row in scores.chunks_exact_mut(stride) {
+                softmax_in_place(&mut row[..seq], masked);
             }
         },
     );
@@ -387,13 +474,17 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect();
-        softmax_rows(&mut scores, seq, Some(&masked));
+        softmax_rows(&mut scores, seq, seq, Some(&masked));
         for (g, w) in scores.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
         assert_eq!(scores[5], 0.0);
         let mut dead = vec![f32::NEG_INFINITY; 3];
-        softmax_rows(&mut dead, 3, None);
+        softmax_rows(&mut dead, 3, 3, None);
         assert_eq!(dead, vec![0.0; 3]);
+        // Rows wider than the keys (padded): the padding is left as it was.
+        let mut padded = vec![1.0, 1.0, 7.0, 1.0, 1.0, 7.0];
+        softmax_rows(&mut padded, 3, 2, None);
+        assert_eq!(padded, vec![0.5, 0.5, 7.0, 0.5, 0.5, 7.0]);
     }
 }
