@@ -17,7 +17,8 @@
 //! task. `nfe` is forwards per generation call (per problem at `--batch 1`).
 //!
 //! The task set follows the model: `hard` (`examples/shared/hard_tasks.rs`: 16-digit
-//! multiplication by 7 and a 21-shot digit operation in a 259-token prompt, 32 tokens in blocks of 8, 32 steps) for a model whose
+//! multiplication by 7, a 21-shot digit operation in a 259-token prompt and a passkey among 26
+//! facts in a 263-token prompt, 32 tokens in blocks of 8, 32 steps) for a model whose
 //! `generation_config.json` asks for 32 new tokens, else `digits` (the shipped tiny model's
 //! few-shot digit operations, one task per operation, 8 tokens in 8 steps); `--tasks`
 //! overrides it.
@@ -47,7 +48,7 @@ enum Tasks {
     Auto,
     /// The few-shot digit operations of models/tiny-llada.
     Digits,
-    /// Multiplication and the long few-shot prompt of models/tiny-llada-hard.
+    /// Multiplication, the long few-shot prompt and the passkey of models/tiny-llada-hard.
     Hard,
 }
 

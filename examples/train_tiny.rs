@@ -3,21 +3,23 @@
 //!
 //! ```text
 //! cargo run --release --features train --example train_tiny -- --out models/tiny-llada
-//! cargo run --release --features train --example train_tiny -- --tasks hard --out models/tiny-llada-hard
+//! cargo run --release --features train --example train_tiny -- --tasks hard --out /tmp/train/hard-v3
+//! # then the passkey stages of models/tiny-llada-hard/README.md (--init the previous output)
 //! ```
 //!
 //! Two task sets. `digits` (`examples/shared/tiny_task.rs`, the shipped `models/tiny-llada`): a
 //! prompt shows six worked examples of a hidden digit operation (copy, +1 per digit, +5 per
 //! digit, 9 - digit) on 5-digit strings, then a query; the answer applies the operation to the
-//! query, padded with EOS to 8 tokens. `hard` (`examples/shared/hard_tasks.rs`,
-//! `models/tiny-llada-hard`): 16-digit multiplication by 7 with carries (answers of 16-17
-//! interdependent digits) and a 21-shot digit operation in a 259-token prompt, 32-token
-//! responses; training steps take the tasks in turns, one task per batch. `mul-lookup`
+//! query, padded with EOS to 8 tokens. `hard` (`examples/shared/hard_tasks.rs`, the first
+//! stage of `models/tiny-llada-hard`): 16-digit multiplication by 7 with carries (answers of
+//! 16-17 interdependent digits) and a 21-shot digit operation in a 259-token prompt, 32-token
+//! responses; training steps take the tasks in turns, one task per batch. The shipped model
+//! then learns the passkey (a marked fact among 26 in a 263-token prompt) in two more stages,
+//! `passkey` alone (the copy and the search at the rate of short prompts) and `hard-passkey`
+//! at the full size with the other two tasks back in the mix (its card has the commands). `mul-lookup`
 //! (multiplication and key-value lookup) reruns an attempt that did not learn the lookup.
-//! `retrieval`, `hard-retrieval`, `passkey` and `hard-passkey` are stages toward a retrieval task, each
-//! started from an earlier model with `--init` (docs/benchmarks.md, "Toward a retrieval
-//! task"): one-letter-key retrieval or a passkey among distractors, alone or with the `hard`
-//! tasks.
+//! `retrieval` and `hard-retrieval` rerun earlier attempts at a retrieval task
+//! (docs/benchmarks.md, "Toward a retrieval task").
 //!
 //! Objective: prompt tokens are never masked; each response token is masked with probability
 //! `t ~ U(eps, 1]` (one `t` per sequence, stratified over the batch); cross-entropy on the
@@ -63,23 +65,24 @@ use tiny_task::*;
 enum Tasks {
     /// The shipped tiny model's few-shot digit operations (8-token responses).
     Digits,
-    /// 16-digit multiplication and a 21-shot digit operation (32-token responses): the tasks
-    /// of models/tiny-llada-hard.
+    /// 16-digit multiplication and a 21-shot digit operation (32-token responses): the first
+    /// stage of models/tiny-llada-hard.
     Hard,
     /// 16-digit multiplication and long-prompt key-value lookup: an attempt at a retrieval
     /// task that a model of this size did not learn in the budget (docs/benchmarks.md).
     MulLookup,
     /// The `hard` tasks and one-letter-key retrieval in a 263-token prompt; trained from a
-    /// `hard` model with `--init` (the second stage of models/tiny-llada-hard).
+    /// `hard` model with `--init` (an earlier attempt, docs/benchmarks.md).
     HardRetrieval,
     /// One-letter-key retrieval alone: the stage before `hard-retrieval`, where the copy is
     /// learned at the full rate of short prompts.
     Retrieval,
     /// The `hard` tasks and passkey retrieval in a 263-token prompt; trained from a
-    /// `retrieval` model with `--init` (the last stage of models/tiny-llada-hard).
+    /// `passkey` stage with `--init` (the last stage of models/tiny-llada-hard).
     HardPasskey,
-    /// Passkey retrieval alone: a first stage where the copy and the search for the marked
-    /// fact are learned at the full rate of short prompts.
+    /// Passkey retrieval alone, from a `hard` model with `--init`: the stage where the copy
+    /// and the search for the marked fact are learned at the rate of short prompts (the
+    /// second stage of models/tiny-llada-hard).
     Passkey,
 }
 
