@@ -11,10 +11,11 @@
 //! Queries are token-major (`[batch, rows, heads, head_dim]`, as the projections produce them)
 //! and read at a row stride. Keys and values come as segments (prompt, response), head-major
 //! (`[batch, kv_heads, rows, head_dim]`), read through burn's backend-extension access to the
-//! flex primitive: values in place (the layout the output gemm reads fastest), keys once per
-//! call into one transposed, padded buffer per head that every row block's score gemm reads in
-//! place (the head-major form was packed again by each of those calls). A segment that is not contiguous is
-//! made contiguous once and handed back, so that the feature cache stores the contiguous form.
+//! flex primitive: values in place (the layout the output gemm reads fastest); keys in place
+//! too when one block of query rows covers them all, else once per call into one transposed,
+//! padded buffer per head that every row block's score gemm reads in place (gemm packed the
+//! head-major form again in each of those calls). A segment that is not contiguous is made
+//! contiguous once and handed back, so that the feature cache stores the contiguous form.
 //! Keys and values may have fewer heads than queries (grouped-query attention): query head `h`
 //! reads key/value head `h / (heads / kv_heads)`, without materialising the repeated heads.
 
