@@ -16,8 +16,9 @@
 //! responses; training steps take the tasks in turns, one task per batch. The shipped model
 //! then learns the passkey (a marked fact among 26 in a 263-token prompt) in two more stages,
 //! `passkey` alone (the copy and the search at the rate of short prompts) and `hard-passkey`
-//! at the full size with the other two tasks back in the mix (its card has the commands). `mul-lookup`
-//! (multiplication and key-value lookup) reruns an attempt that did not learn the lookup.
+//! at the full size with the other two tasks back in the mix (its card has the commands).
+//! `mul-lookup` (multiplication and key-value lookup) reruns an attempt that did not learn the
+//! lookup.
 //! `retrieval` and `hard-retrieval` rerun earlier attempts at a retrieval task
 //! (docs/benchmarks.md, "Toward a retrieval task").
 //!

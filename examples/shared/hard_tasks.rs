@@ -19,11 +19,12 @@
 //!   answer is the query's value. A model of this size did not learn it within the training
 //!   budget (docs/benchmarks.md), so it is not among the shipped model's tasks.
 //!
-//! * [`Task::Retrieval`] (training stages only): [`RETRIEVAL_FACTS`] facts `k=ddddddd;` (every one-letter key once,
-//!   in random order, seven-digit values) and a query `k?`, 263 prompt tokens; the answer is
-//!   the query's value, copied from one place in the long prompt (the paper's HotpotQA-like
-//!   regime: a long context, a short answer found in it). One-letter keys make the match a
-//!   comparison of one token with one token, which the two-letter lookup lacked.
+//! * [`Task::Retrieval`] (training stages only): [`RETRIEVAL_FACTS`] facts `k=ddddddd;`
+//!   (every one-letter key once, in random order, seven-digit values) and a query `k?`, 263
+//!   prompt tokens; the answer is the query's value, copied from one place in the long prompt
+//!   (the paper's HotpotQA-like regime: a long context, a short answer found in it).
+//!   One-letter keys make the match a comparison of one token with one token, which the
+//!   two-letter lookup lacked.
 //! * [`Task::Passkey`]: the same 26 facts, one of them (at a random place) keyed `+` instead of
 //!   a letter, and the query `+?`: the passkey retrieval of long-context tests, the answer
 //!   found in one place of a 263-token prompt among 25 distractors shaped like it. The

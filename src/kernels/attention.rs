@@ -127,11 +127,9 @@ pub(super) fn attention(
         } else {
             (MAX_ROWS, seq.next_multiple_of(KEY_PAD))
         };
-        let mut transposed = Vec::new();
-        if nq > ONE_BLOCK {
-            transposed = vec![0f32; b * kv_heads * hd * stride];
-            transposed
-                .par_chunks_mut(hd * stride)
+        let transposed = (nq > ONE_BLOCK).then(|| {
+            let mut t = vec![0f32; b * kv_heads * hd * stride];
+            t.par_chunks_mut(hd * stride)
                 .enumerate()
                 .for_each(|(g, dst)| {
                     let mut col = 0;
@@ -140,7 +138,8 @@ pub(super) fn attention(
                         col += len;
                     }
                 });
-        }
+            t
+        });
         // Tasks are (batch row, block of query rows, heads): each writes its own tiles of
         // `out` (its rows, its heads' columns).
         let blocks = nq.div_ceil(rows_per_block);
@@ -164,10 +163,11 @@ pub(super) fn attention(
                 let g = bi * kv_heads + hi / rep;
                 let values: Vec<&[f32]> =
                     kv.iter().map(|(len, _, v)| plane(v, g, *len, hd)).collect();
-                let keys = if transposed.is_empty() {
-                    Keys::Segments(kv.iter().map(|(len, k, _)| plane(k, g, *len, hd)).collect())
-                } else {
-                    Keys::Transposed(&transposed[g * hd * stride..(g + 1) * hd * stride])
+                let keys = match &transposed {
+                    None => {
+                        Keys::Segments(kv.iter().map(|(len, k, _)| plane(k, g, *len, hd)).collect())
+                    }
+                    Some(t) => Keys::Transposed(&t[g * hd * stride..(g + 1) * hd * stride]),
                 };
                 let query = Query {
                     q: &qd[(bi * nq + first) * width + hi * hd..],
@@ -299,9 +299,10 @@ unsafe fn head(
     let scores_of =
         |scores: &mut [f32], col: usize, len: usize, k: &[f32], rs: usize, cs: usize| {
             assert!(col + len <= stride && k.len() > (hd - 1) * rs + (len - 1) * cs);
-            // SAFETY: scores [rows x stride] row-major, written in columns col..col + len (within
-            // stride, asserted); q [rows x hd] at row stride `q_stride` (asserted above); the key
-            // matrix [hd x len] at strides (rs, cs) ends inside `k` (asserted).
+            // SAFETY: scores [rows x stride] row-major, written in columns col..col + len
+            // (within stride, asserted); q [rows x hd] at row stride `q_stride` (asserted
+            // above); the key matrix [hd x len] at strides (rs, cs) ends inside `k`
+            // (asserted).
             unsafe {
                 gemm::gemm(
                     rows,
