@@ -1,5 +1,6 @@
 //! Matrix-product throughput at the real shapes of a model: the crate's linear path (what every
-//! layer of the models runs) and burn-flex's own matmul, in float32 GFLOP/s, with the CPU named.
+//! layer of the models runs) with the weight stored `[out, in]` (how the models hold it on
+//! flex) and `[in, out]`, and burn-flex's own matmul, in float32 GFLOP/s, with the CPU named.
 //! `scripts/gemm-ceiling.sh` runs this beside numpy (OpenBLAS) on the same shapes.
 //!
 //! ```text
@@ -10,7 +11,10 @@
 //! a cached step's 16, 32 and 64 rows, the four projections (`d x d`), gate/up (`d x mlp`),
 //! down (`mlp x d`) and the LM head over a 16-row block (`d x vocab`). Each product is timed
 //! over enough repetitions to take about `--seconds`, after one warm-up; the best of three
-//! such measurements is reported.
+//! such measurements is reported. With `--cold` every call takes the next of enough copies of
+//! its weight to fill 96 MiB, so that the weight comes from memory as a model's does (a model's
+//! layers together exceed the caches); without it a weight that fits stays cached between
+//! calls, which flatters the thin products.
 
 use std::time::Instant;
 
@@ -48,6 +52,9 @@ struct Args {
     /// Also time the crate's path with bf16 weights.
     #[arg(long)]
     bf16: bool,
+    /// Read every weight from memory: cycle through copies that exceed the caches.
+    #[arg(long)]
+    cold: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -102,34 +109,56 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for (name, m, k, n) in &shapes {
         let (m, k, n) = (*m, *k, *n);
         let x = Tensor::<3>::random([1, m, k], Distribution::Normal(0.0, 1.0), &device);
-        let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &device);
+        let copies = if a.cold {
+            (96usize << 20).div_ceil(4 * k * n).max(1)
+        } else {
+            1
+        };
+        let ws: Vec<Tensor<2>> = (0..copies)
+            .map(|_| Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &device))
+            .collect();
         let lin = |w: Tensor<2>| Linear {
             weight: Param::from_tensor(w),
             bias: None,
         };
-        let f32_lin = lin(w.clone());
+        // The crate's `[out, in]` storage: a transposed view of a contiguous `[n, k]` copy.
+        let out_in = |w: &Tensor<2>| {
+            Tensor::<2>::from_data(w.clone().transpose().into_data(), &device).transpose()
+        };
+        let in_out_lins: Vec<Linear> = ws.iter().cloned().map(lin).collect();
+        let out_in_lins: Vec<Linear> = ws.iter().map(|w| lin(out_in(w))).collect();
         let flops = 2.0 * (m * k * n) as f64;
+        let mut next = 0usize;
+        let mut pick = move || {
+            next = (next + 1) % copies;
+            next
+        };
         let burn = time(a.seconds, || {
+            let w = &ws[pick()];
             let _ = x.clone().matmul(w.clone().unsqueeze()).into_data();
         });
-        let crate_f32 = time(a.seconds, || {
-            let _ = dllm_cache::model::linear(&f32_lin, x.clone())
-                .expect("shapes fit")
-                .into_data();
-        });
-        let crate_bf16 = if a.bf16 {
-            let bf16_lin = lin(w.clone().cast(DType::BF16));
-            Some(time(a.seconds, || {
-                let _ = dllm_cache::model::linear(&bf16_lin, x.clone())
+        let mut crate_time = |lins: &[Linear]| {
+            time(a.seconds, || {
+                let _ = dllm_cache::model::linear(&lins[pick()], x.clone())
                     .expect("shapes fit")
                     .into_data();
-            }))
+            })
+        };
+        let crate_out_in = crate_time(&out_in_lins);
+        let crate_in_out = crate_time(&in_out_lins);
+        let crate_bf16 = if a.bf16 {
+            let bf16_lins: Vec<Linear> = ws
+                .iter()
+                .map(|w| lin(out_in(w).cast(DType::BF16)))
+                .collect();
+            Some(crate_time(&bf16_lins))
         } else {
             None
         };
         results.push(serde_json::json!({
             "shape": name, "m": m, "k": k, "n": n,
-            "crate_f32_gflops": flops / crate_f32 / 1e9,
+            "crate_f32_gflops": flops / crate_out_in / 1e9,
+            "crate_f32_in_out_gflops": flops / crate_in_out / 1e9,
             "burn_flex_f32_gflops": flops / burn / 1e9,
             "crate_bf16_weights_gflops": crate_bf16.map(|t| flops / t / 1e9),
         }));
@@ -139,6 +168,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "cpu": machine::cpu_name(),
         "threads": threads,
         "x86_v4_feature": cfg!(feature = "x86-v4"),
+        "cold": a.cold,
         "shapes": results,
     });
     if a.json {
@@ -146,17 +176,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         println!("CPU: {} ({threads} threads)", machine::cpu_name());
         println!(
-            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>10} {:>10}",
-            "shape", "m", "k", "n", "crate f32", "burn f32", "crate bf16"
+            "{:<28} {:>6} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
+            "shape", "m", "k", "n", "crate f32", "[in,out]", "burn f32", "crate bf16"
         );
         for r in json["shapes"].as_array().into_iter().flatten() {
             println!(
-                "{:<28} {:>6} {:>6} {:>6} {:>10.1} {:>10.1} {:>10}",
+                "{:<28} {:>6} {:>6} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>10}",
                 r["shape"].as_str().unwrap_or(""),
                 r["m"].as_u64().unwrap_or(0),
                 r["k"].as_u64().unwrap_or(0),
                 r["n"].as_u64().unwrap_or(0),
                 r["crate_f32_gflops"].as_f64().unwrap_or(f64::NAN),
+                r["crate_f32_in_out_gflops"].as_f64().unwrap_or(f64::NAN),
                 r["burn_flex_f32_gflops"].as_f64().unwrap_or(f64::NAN),
                 r["crate_bf16_weights_gflops"]
                     .as_f64()

@@ -15,15 +15,18 @@
 //!   checked against the matrix extents before the call (`assert!`s in `attention::head` and
 //!   `widen::linear`), so every read and write stays inside its slice;
 //! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`,
-//!   `widen::Bands`): each task owns a distinct (query rows, head) tile or column band, the
-//!   tiles partition the buffer, and the buffer outlives the parallel loop;
-//! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`): made only after
-//!   `is_x86_feature_detected!` confirmed the CPU has those features.
+//!   `widen::Bands`): each task owns a distinct (query rows, head) tile, column band or column
+//!   chunk, the tiles partition the buffer, and the buffer outlives the parallel loop;
+//! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`, the kernels
+//!   inside `dot::product`): made only after `is_x86_feature_detected!` confirmed the CPU has
+//!   those features.
 //!
 //! No other module of the crate contains `unsafe`.
 
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod attention;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod dot;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod simd;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
@@ -96,4 +99,33 @@ pub(crate) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
         return widen::linear(x, w);
     }
     None
+}
+
+/// Whether linear weights on `device` are best stored `[out, in]` (PyTorch's layout) behind a
+/// transposed `[in, out]` view: true on flex with the kernels, whose thin products stream
+/// each output column's weights as one contiguous run (see `dot`); a layout only, the
+/// values and every product's result are the same.
+#[allow(unused_variables)] // without the kernels the answer is always no
+pub(crate) fn stores_out_in(device: &burn::tensor::Device) -> bool {
+    // An autodiff device is not flex's own: its tensors are not flex primitives.
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    let out_in = Tensor::<1>::zeros([1], device)
+        .try_into_primitive::<burn::backend::Flex>()
+        .is_ok();
+    #[cfg(not(all(feature = "cpu-kernels", feature = "flex")))]
+    let out_in = false;
+    out_in
+}
+
+/// `w` (`[in, out]`) in the layout [`stores_out_in`] picks for its device: a transposed view
+/// of an `[out, in]` copy there, `w` itself elsewhere. Same values, same dtype.
+///
+/// # Shapes
+/// - `w`: `[d_in, d_out]`; returns the same shape.
+pub(crate) fn pack_linear(w: Tensor<2>) -> Tensor<2> {
+    if !stores_out_in(&w.device()) {
+        return w;
+    }
+    let (device, dtype) = (w.device(), w.dtype());
+    Tensor::<2>::from_data(w.transpose().into_data(), (&device, dtype)).transpose()
 }

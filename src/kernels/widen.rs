@@ -18,6 +18,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::dot;
 use super::simd::vectorised;
 
 /// Weight rows per panel.
@@ -34,30 +35,74 @@ enum Weight<'a> {
     F16(&'a [f16]),
 }
 
+/// Where element `(i, j)` of a `[k, n]` weight lies in its storage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Order {
+    /// Row-major `[k, n]`: at `i * n + j`.
+    InOut,
+    /// Row-major `[n, k]`, the checkpoint's `[out, in]` seen through a transposed view: at
+    /// `j * k + i`.
+    OutIn,
+}
+
+impl Order {
+    /// The order of a flex weight's `[k, n]` layout; `None` for any other layout.
+    fn of(w: &FlexTensor, [k, n]: [usize; 2]) -> Option<Self> {
+        let (rows, cols, row_stride, col_stride) = w.layout().as_2d_strides()?;
+        if [rows, cols] != [k, n] {
+            return None;
+        }
+        if w.is_contiguous() {
+            Some(Order::InOut)
+        } else if row_stride == 1 && col_stride == k as isize {
+            Some(Order::OutIn)
+        } else {
+            None
+        }
+    }
+
+    /// `(pointer offset of column `col`, row stride, column stride)` of the storage.
+    fn strides(self, [k, n]: [usize; 2], col: usize) -> (usize, usize, usize) {
+        match self {
+            Order::InOut => (col, n, 1),
+            Order::OutIn => (col * k, 1, k),
+        }
+    }
+}
+
 impl Weight<'_> {
-    /// Rows `rows` and columns `cols` of the `[_, n]` row-major weight, widened into
-    /// `panel` (row-major, `cols.len()` wide).
+    /// Rows `rows` and columns `cols` of the `[k, n]` weight stored in `order`, widened into
+    /// `panel`, which takes the same order (`[rows.len(), cols.len()]` row-major for
+    /// [`Order::InOut`], its transpose for [`Order::OutIn`]), so that every read is a run
+    /// along the storage.
     fn widen(
         &self,
-        n: usize,
+        (order, [k, n]): (Order, [usize; 2]),
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         panel: &mut [f32],
     ) {
-        let width = cols.len();
+        // (source start, destination start, run length) of each run.
+        let (runs, len) = match order {
+            Order::InOut => (rows.len(), cols.len()),
+            Order::OutIn => (cols.len(), rows.len()),
+        };
+        let run = |t: usize| match order {
+            Order::InOut => (rows.start + t) * n + cols.start,
+            Order::OutIn => (cols.start + t) * k + rows.start,
+        };
         match self {
             Weight::F32(w) => {
-                for (i, r) in rows.enumerate() {
-                    panel[i * width..(i + 1) * width]
-                        .copy_from_slice(&w[r * n + cols.start..r * n + cols.end]);
+                for t in 0..runs {
+                    panel[t * len..(t + 1) * len].copy_from_slice(&w[run(t)..run(t) + len]);
                 }
             }
             Weight::Bf16(w) => vectorised(
                 #[inline(always)]
                 || {
-                    for (i, r) in rows.enumerate() {
-                        let src = &w[r * n + cols.start..r * n + cols.end];
-                        let dst = &mut panel[i * width..(i + 1) * width];
+                    for t in 0..runs {
+                        let src = &w[run(t)..run(t) + len];
+                        let dst = &mut panel[t * len..(t + 1) * len];
                         // A bf16 is the upper half of the float32 with the same value.
                         for (d, s) in dst.iter_mut().zip(src) {
                             *d = f32::from_bits(u32::from(s.to_bits()) << 16);
@@ -67,11 +112,19 @@ impl Weight<'_> {
             ),
             // half converts with F16C where the CPU has it (checked at run time).
             Weight::F16(w) => {
-                for (i, r) in rows.enumerate() {
-                    w[r * n + cols.start..r * n + cols.end]
-                        .convert_to_f32_slice(&mut panel[i * width..(i + 1) * width]);
+                for t in 0..runs {
+                    w[run(t)..run(t) + len]
+                        .convert_to_f32_slice(&mut panel[t * len..(t + 1) * len]);
                 }
             }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Weight::F32(s) => s.len(),
+            Weight::Bf16(s) => s.len(),
+            Weight::F16(s) => s.len(),
         }
     }
 }
@@ -88,6 +141,11 @@ impl Bands {
     }
 }
 
+/// Most rows for which a float32 `[out, in]` weight goes through [`dot::product`] rather
+/// than gemm: past this the gemm's packed micro-kernel, which reuses each loaded weight
+/// vector across more rows, wins even with its packing.
+const THIN: usize = 64;
+
 /// `None` when an operand is not a flex tensor of the expected dtypes and shapes (the
 /// caller then uses burn's ops).
 pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
@@ -103,76 +161,41 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
         xp.to_contiguous()
     };
     let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
+    let order = Order::of(&wp, [k, n])?;
+    let start = wp.layout().start_offset();
+    // `storage` asserts the dtype, which the match has just checked.
     let weight = match wp.dtype() {
-        DType::F32 => Weight::F32(wp.as_slice::<f32>()?),
-        DType::BF16 => Weight::Bf16(wp.as_slice::<bf16>()?),
-        DType::F16 => Weight::F16(wp.as_slice::<f16>()?),
+        DType::F32 => Weight::F32(wp.storage::<f32>().get(start..start + k * n)?),
+        DType::BF16 => Weight::Bf16(wp.storage::<bf16>().get(start..start + k * n)?),
+        DType::F16 => Weight::F16(wp.storage::<f16>().get(start..start + k * n)?),
         _ => return None,
     };
     let xs = xp.as_slice::<f32>()?;
     let rows = b * m;
-    if xs.len() != rows * k
-        || match &weight {
-            Weight::F32(s) => s.len(),
-            Weight::Bf16(s) => s.len(),
-            Weight::F16(s) => s.len(),
-        } != k * n
-    {
+    if xs.len() != rows * k || weight.len() != k * n {
         return None;
     }
     let mut out = vec![0f32; rows * n];
     if rows > 0 && n > 0 && k > 0 {
-        // Bands narrow enough that both threads have work on small outputs, never below
-        // 64 columns (the gemm's efficient width).
         let threads = rayon::current_num_threads().max(1);
-        let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
         let bands = Bands(out.as_mut_ptr());
-        let row_blocks = rows.div_ceil(M_BLOCK);
-        let col_bands = n.div_ceil(band);
-        (0..row_blocks * col_bands).into_par_iter().for_each(|t| {
-            let (rb, cb) = (t / col_bands, t % col_bands);
-            let r0 = rb * M_BLOCK;
-            let m = M_BLOCK.min(rows - r0);
-            let cols = cb * band..((cb + 1) * band).min(n);
-            let width = cols.len();
-            let dst = bands.at(r0 * n + cols.start);
-            let lhs = &xs[r0 * k..(r0 + m) * k];
-            if let Weight::F32(w) = &weight {
-                assert!(w.len() >= (k - 1) * n + cols.end);
-                // SAFETY: dst is the [m x width] tile at rows r0.., columns `cols` of the
-                // [rows x n] row-major `out` (allocated above with rows * n elements; this
-                // task's tile, which no other task writes, and `out` outlives the loop); lhs
-                // is the [m x k] row-major slice `lhs` (exactly m * k elements); rhs is
-                // columns `cols` of the [k x n] row-major weight (length asserted).
-                unsafe {
-                    gemm_rows(
-                        [m, width, k],
-                        (dst, n, false),
-                        (lhs.as_ptr(), k),
-                        (w.as_ptr().add(cols.start), n),
-                    );
-                }
-                return;
+        match &weight {
+            Weight::F32(w) if order == Order::OutIn && rows <= THIN && dot::available() => {
+                // Column chunks of 16+ (four blocks of the kernel), four per thread so that
+                // a slow thread does not hold up the product.
+                let chunk = n.div_ceil(4 * threads).next_multiple_of(16).max(16);
+                (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
+                    let cols = t * chunk..((t + 1) * chunk).min(n);
+                    dot::product(xs, w, [rows, k], cols, &mut |r, c, v| {
+                        // SAFETY: r < rows and c < n, so the element is inside `out`
+                        // (rows * n elements, alive until after the loop); column c belongs
+                        // to this task's chunk alone, so no other task writes it.
+                        unsafe { *bands.at(r * n + c) = v };
+                    });
+                });
             }
-            let mut panel = vec![0f32; K_BLOCK.min(k) * width];
-            for k0 in (0..k).step_by(K_BLOCK) {
-                let kb = K_BLOCK.min(k - k0);
-                let panel = &mut panel[..kb * width];
-                weight.widen(n, k0..k0 + kb, cols.clone(), panel);
-                assert!(lhs.len() >= (m - 1) * k + k0 + kb);
-                // SAFETY: dst as above; lhs is columns k0..k0 + kb of the [m x k] row-major
-                // `lhs` (length asserted); rhs is the [kb x width] row-major `panel`
-                // (exactly kb * width elements).
-                unsafe {
-                    gemm_rows(
-                        [m, width, kb],
-                        (dst, n, k0 > 0),
-                        (lhs.as_ptr().add(k0), k),
-                        (panel.as_ptr(), width),
-                    );
-                }
-            }
-        });
+            _ => tiles(xs, &weight, (order, [k, n]), rows, threads, &bands),
+        }
     }
     Some(Tensor::from_data(
         TensorData::new(out, [b, m, n]),
@@ -180,19 +203,88 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     ))
 }
 
-/// `dst (+)= lhs · rhs` for row-major matrices (`[m, n] (+)= [m, k] · [k, n]`), each given
-/// as a pointer and a row stride, single-threaded; `dst.2` says whether to accumulate.
+/// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] rows by one
+/// band of columns, into `bands` (`[rows, n]` row-major, zeroed).
+fn tiles(
+    xs: &[f32],
+    weight: &Weight<'_>,
+    (order, [k, n]): (Order, [usize; 2]),
+    rows: usize,
+    threads: usize,
+    bands: &Bands,
+) {
+    // Bands narrow enough that both threads have work on small outputs, never below 64
+    // columns (the gemm's efficient width).
+    let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
+    let row_blocks = rows.div_ceil(M_BLOCK);
+    let col_bands = n.div_ceil(band);
+    (0..row_blocks * col_bands).into_par_iter().for_each(|t| {
+        let (rb, cb) = (t / col_bands, t % col_bands);
+        let r0 = rb * M_BLOCK;
+        let m = M_BLOCK.min(rows - r0);
+        let cols = cb * band..((cb + 1) * band).min(n);
+        let width = cols.len();
+        let dst = bands.at(r0 * n + cols.start);
+        let lhs = &xs[r0 * k..(r0 + m) * k];
+        if let Weight::F32(w) = weight {
+            let (offset, rs, cs) = order.strides([k, n], cols.start);
+            // The last element the gemm reads: row k - 1 of column cols.end - 1.
+            assert!(w.len() > offset + (k - 1) * rs + (width - 1) * cs);
+            // SAFETY: dst is the [m x width] tile at rows r0.., columns `cols` of the
+            // [rows x n] row-major output (rows * n elements; this task's tile, which no
+            // other task writes, and the output outlives the loop); lhs is the [m x k]
+            // row-major slice `lhs` (exactly m * k elements); rhs is columns `cols` of the
+            // [k x n] weight at its strides, its last element inside `w` (asserted).
+            unsafe {
+                gemm_rows(
+                    [m, width, k],
+                    (dst, n, false),
+                    (lhs.as_ptr(), k),
+                    (w.as_ptr().add(offset), rs, cs),
+                );
+            }
+            return;
+        }
+        let mut panel = vec![0f32; K_BLOCK.min(k) * width];
+        for k0 in (0..k).step_by(K_BLOCK) {
+            let kb = K_BLOCK.min(k - k0);
+            let panel = &mut panel[..kb * width];
+            weight.widen((order, [k, n]), k0..k0 + kb, cols.clone(), panel);
+            // The panel keeps the weight's order.
+            let (rs, cs) = match order {
+                Order::InOut => (width, 1),
+                Order::OutIn => (1, kb),
+            };
+            assert!(lhs.len() >= (m - 1) * k + k0 + kb);
+            // SAFETY: dst as above; lhs is columns k0..k0 + kb of the [m x k] row-major
+            // `lhs` (length asserted); rhs is the [kb x width] `panel` at its order's
+            // strides (exactly kb * width elements).
+            unsafe {
+                gemm_rows(
+                    [m, width, kb],
+                    (dst, n, k0 > 0),
+                    (lhs.as_ptr().add(k0), k),
+                    (panel.as_ptr(), rs, cs),
+                );
+            }
+        }
+    });
+}
+
+/// `dst (+)= lhs · rhs` (`[m, n] (+)= [m, k] · [k, n]`), `dst` and `lhs` row-major, each
+/// given as a pointer and a row stride, `rhs` as a pointer, a row stride and a column
+/// stride; single-threaded; `dst.2` says whether to accumulate.
 ///
 /// # Safety
-/// Every pointer must be valid for its matrix at its row stride (reads for `lhs` and `rhs`,
+/// Every pointer must be valid for its matrix at its strides (reads for `lhs` and `rhs`,
 /// writes for `dst`), and nothing else may access `dst`'s elements during the call.
 unsafe fn gemm_rows(
     [m, n, k]: [usize; 3],
     dst: (*mut f32, usize, bool),
     lhs: (*const f32, usize),
-    rhs: (*const f32, usize),
+    rhs: (*const f32, usize, usize),
 ) {
-    // SAFETY: the caller's contract; unit column strides match the row-major layouts.
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
@@ -206,7 +298,7 @@ unsafe fn gemm_rows(
             1,
             lhs.1 as isize,
             rhs.0,
-            1,
+            rhs.2 as isize,
             rhs.1 as isize,
             1.0,
             1.0,
@@ -248,10 +340,26 @@ mod tests {
         ] {
             let xv = values(b * m * k, 1);
             let wv = values(k * n, 2);
-            for dtype in [DType::F32, DType::BF16, DType::F16] {
+            // The same [k, n] weight stored [out, in] (read through a transposed view).
+            let wt: Vec<f32> = (0..n * k).map(|t| wv[(t % k) * n + t / k]).collect();
+            for (dtype, order) in [DType::F32, DType::BF16, DType::F16]
+                .into_iter()
+                .flat_map(|d| [(d, Order::InOut), (d, Order::OutIn)])
+            {
                 let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, m, k]), &device);
-                let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [k, n]), &device)
-                    .cast(dtype);
+                let w = match order {
+                    Order::InOut => {
+                        Tensor::<2>::from_data(TensorData::new(wv.clone(), [k, n]), &device)
+                            .cast(dtype)
+                    }
+                    Order::OutIn => {
+                        Tensor::<2>::from_data(TensorData::new(wt.clone(), [n, k]), &device)
+                            .cast(dtype)
+                            .transpose()
+                    }
+                };
+                let wp = w.clone().try_into_primitive::<Flex>().unwrap();
+                assert_eq!(Order::of(&wp, [k, n]), Some(order), "{dtype:?} {k}x{n}");
                 let wr: Vec<f32> = w
                     .clone()
                     .cast(DType::F32)
@@ -272,7 +380,7 @@ mod tests {
                         let g = got[r * n + c];
                         assert!(
                             (f64::from(g) - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{dtype:?} {b}x{m}x{k}x{n} [{r},{c}]: {g} vs {want}"
+                            "{dtype:?} {order:?} {b}x{m}x{k}x{n} [{r},{c}]: {g} vs {want}"
                         );
                     }
                 }

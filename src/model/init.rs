@@ -55,7 +55,7 @@ pub(crate) fn random_backbone(
         let std = scale * (1.0 / d_in as f32).sqrt();
         let weight = matrix(&mut rng, [d_in, d_out], std, device, matrices);
         Linear {
-            weight: Param::from_tensor(weight),
+            weight: Param::from_tensor(crate::kernels::pack_linear(weight)),
             bias: bias.then(|| Param::from_tensor(matrix(&mut rng, [d_out], 0.1, device, None))),
         }
     };
@@ -112,7 +112,10 @@ pub(crate) fn random_backbone_on_device(
         }
     };
     let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
-        weight: Param::from_tensor(draw([d_in, d_out], (1.0 / d_in as f64).sqrt())),
+        weight: Param::from_tensor(crate::kernels::pack_linear(draw(
+            [d_in, d_out],
+            (1.0 / d_in as f64).sqrt(),
+        ))),
         bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
     };
     let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), a.eps);

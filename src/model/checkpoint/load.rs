@@ -322,8 +322,9 @@ impl Checkpoint {
         name_of(self.table, role, layer).unwrap_or_else(|| format!("<no name for {role:?}>"))
     }
 
-    /// A `[out, in]` PyTorch linear weight as a burn [`Linear`] (`[in, out]`), with an optional
-    /// bias role.
+    /// A `[out, in]` PyTorch linear weight as a burn [`Linear`] (`[in, out]`; on flex a
+    /// transposed view of the `[out, in]` storage, see `kernels::stores_out_in`), with an
+    /// optional bias role.
     pub(crate) fn linear(
         &mut self,
         role: Role,
@@ -333,7 +334,13 @@ impl Checkpoint {
         d_out: usize,
     ) -> Result<Linear> {
         let name = self.role_name(role, layer);
-        let weight = self.matrix::<2>(&name, &[d_out, d_in], [d_in, d_out], true)?;
+        // Read in the layout the device's products want, so that no second copy is made.
+        let weight = if crate::kernels::stores_out_in(&self.device) {
+            self.matrix::<2>(&name, &[d_out, d_in], [d_out, d_in], false)?
+                .transpose()
+        } else {
+            self.matrix::<2>(&name, &[d_out, d_in], [d_in, d_out], true)?
+        };
         let bias = match bias {
             Some(b) => {
                 let name = self.role_name(b, layer);
