@@ -1,6 +1,7 @@
 //! Matrix-product throughput at the real shapes of a model: the crate's linear path (what every
-//! layer of the models runs) with the weight stored `[out, in]` (how the models hold it on
-//! flex) and `[in, out]`, and burn-flex's own matmul, in float32 GFLOP/s, with the CPU named.
+//! layer of the models runs) with the weight stored `[in, out]` (how the models hold a layer's
+//! weights) and `[out, in]` (how they hold the LM head on flex), and burn-flex's own matmul,
+//! in float32 GFLOP/s, with the CPU named.
 //! `scripts/gemm-ceiling.sh` runs this beside numpy (OpenBLAS) on the same shapes.
 //!
 //! ```text
@@ -9,7 +10,8 @@
 //!
 //! Shapes: for a full pass over `prompt + gen` rows (prompts 256 and 1024 by default) and for
 //! a cached step's 16, 32 and 64 rows, the four projections (`d x d`), gate/up (`d x mlp`),
-//! down (`mlp x d`) and the LM head over a 16-row block (`d x vocab`). Each product is timed
+//! down (`mlp x d`), and the LM head (`d x vocab`) over 16, 32 and 64 rows (a block of each
+//! sequence of a batch). Each product is timed
 //! over enough repetitions to take about `--seconds`, after one warm-up; the best of three
 //! such measurements is reported. With `--cold` every call takes the next of enough copies of
 //! its weight to fill 96 MiB, so that the weight comes from memory as a model's does (a model's
@@ -104,7 +106,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             shapes.push((format!("step {rows} rows: {name}"), rows, k, n));
         }
     }
-    shapes.push(("lm head, 16 rows".into(), 16, d, v));
+    // The LM head runs on a block's rows only, per sequence of a batch.
+    for rows in list(&a.step_rows)? {
+        shapes.push((format!("lm head, {rows} rows"), rows, d, v));
+    }
     let mut results = Vec::new();
     for (name, m, k, n) in &shapes {
         let (m, k, n) = (*m, *k, *n);
@@ -149,7 +154,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let crate_bf16 = if a.bf16 {
             let bf16_lins: Vec<Linear> = ws
                 .iter()
-                .map(|w| lin(out_in(w).cast(DType::BF16)))
+                .map(|w| lin(w.clone().cast(DType::BF16)))
                 .collect();
             Some(crate_time(&bf16_lins))
         } else {
@@ -157,8 +162,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         results.push(serde_json::json!({
             "shape": name, "m": m, "k": k, "n": n,
-            "crate_f32_gflops": flops / crate_out_in / 1e9,
-            "crate_f32_in_out_gflops": flops / crate_in_out / 1e9,
+            "crate_f32_gflops": flops / crate_in_out / 1e9,
+            "crate_f32_out_in_gflops": flops / crate_out_in / 1e9,
             "burn_flex_f32_gflops": flops / burn / 1e9,
             "crate_bf16_weights_gflops": crate_bf16.map(|t| flops / t / 1e9),
         }));
@@ -177,7 +182,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("CPU: {} ({threads} threads)", machine::cpu_name());
         println!(
             "{:<28} {:>6} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10}",
-            "shape", "m", "k", "n", "crate f32", "[in,out]", "burn f32", "crate bf16"
+            "shape", "m", "k", "n", "crate f32", "[out,in]", "burn f32", "crate bf16"
         );
         for r in json["shapes"].as_array().into_iter().flatten() {
             println!(
@@ -187,7 +192,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 r["k"].as_u64().unwrap_or(0),
                 r["n"].as_u64().unwrap_or(0),
                 r["crate_f32_gflops"].as_f64().unwrap_or(f64::NAN),
-                r["crate_f32_in_out_gflops"].as_f64().unwrap_or(f64::NAN),
+                r["crate_f32_out_in_gflops"].as_f64().unwrap_or(f64::NAN),
                 r["burn_flex_f32_gflops"].as_f64().unwrap_or(f64::NAN),
                 r["crate_bf16_weights_gflops"]
                     .as_f64()

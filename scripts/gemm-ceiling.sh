@@ -53,15 +53,15 @@ def best(m, k, n, target=0.3):
 
 print(f"CPU: {ours['cpu']} ({ours['threads']} threads); numpy {np.__version__} with {blas}")
 print("f32 GFLOP/s, best of 3 (bf16: the crate's path with bf16 weights, f32 compute)")
-print("crate f32: weights stored [out, in] as the models hold them on flex; [in, out]: the other layout")
-print(f"| shape | m | k | n | numpy | crate f32 | crate f32 [in, out] | burn-flex f32 | crate bf16 weights | crate / numpy |")
+print("crate f32: weights stored [in, out] like a layer's; [out, in]: stored like the LM head on flex")
+print(f"| shape | m | k | n | numpy | crate f32 | crate f32 [out, in] | burn-flex f32 | crate bf16 weights | crate / numpy |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 sq = best(2048, 2048, 2048)
 for r in ours["shapes"]:
     ref = best(r["m"], r["k"], r["n"])
     bf = r["crate_bf16_weights_gflops"]
     print(f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {ref:.1f} | {r['crate_f32_gflops']:.1f} "
-          f"| {r['crate_f32_in_out_gflops']:.1f} | {r['burn_flex_f32_gflops']:.1f} | {'-' if bf is None else f'{bf:.1f}'} "
+          f"| {r['crate_f32_out_in_gflops']:.1f} | {r['burn_flex_f32_gflops']:.1f} | {'-' if bf is None else f'{bf:.1f}'} "
           f"| {r['crate_f32_gflops'] / ref:.2f} |")
 print(f"| numpy 2048^3 (square reference) | 2048 | 2048 | 2048 | {sq:.1f} | | | | | |")
 PY

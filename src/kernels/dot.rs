@@ -9,10 +9,11 @@
 //! of a row-major weight on every call, 64 columns of a row at a time with a stride of the full
 //! width: 5-8 GB/s on a VM whose plain reads reach 27-33 GB/s.
 //!
-//! The block of `MR` rows by `NR` columns keeps `MR * NR` vector accumulators, one per output,
-//! each lane summing every `L`-th term; the lanes are added pairwise at the end and the
-//! `k % L` tail after that. Fused multiply-adds only: the kernel runs only on CPUs with FMA
-//! (AVX-512F, or AVX2 with FMA, detected at run time), and the caller uses gemm elsewhere.
+//! A block of `MR` rows by `NR` columns keeps `MR * NR` vector accumulators in registers, one
+//! per output, each lane summing every `L`-th term; the lanes are reduced at the end and the
+//! `k % L` tail added after that. Written with `std::arch` intrinsics (the compiler kept
+//! array-of-lanes accumulators in scalar FMAs), so it runs only on CPUs with AVX-512F, or
+//! AVX2 with FMA, detected at run time; the caller uses gemm elsewhere.
 
 /// Weight columns per block.
 const NR: usize = 4;
@@ -32,7 +33,9 @@ pub(super) fn product(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU has the features the function is compiled for.
             unsafe { with_avx512(x, w, [m, k], cols, out) };
             return true;
@@ -52,7 +55,8 @@ pub(super) fn product(
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        (std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma"))
             || (std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma"))
     }
@@ -60,110 +64,161 @@ pub(super) fn available() -> bool {
     false
 }
 
-// 16 accumulators of 16 lanes and 8 operand vectors fit AVX-512's 32 registers.
+/// `$mr` rows (`$x`, slices of length `$k`) by [`NR`] columns (`$w`, likewise): lane
+/// accumulators over the full vectors, each reduced by `$sum`, then the `k % lanes` tail
+/// added in order. Expanded inside the `#[target_feature]` functions below so that the
+/// intrinsics inline there.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn with_avx512(
-    x: &[f32],
-    w: &[f32],
-    mk: [usize; 2],
-    cols: std::ops::Range<usize>,
-    out: &mut impl FnMut(usize, usize, f32),
-) {
-    columns::<4, 16>(x, w, mk, cols, out);
-}
-
-// 12 accumulators of 8 lanes, 3 row vectors and one weight vector: AVX2's 16 registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn with_avx2(
-    x: &[f32],
-    w: &[f32],
-    mk: [usize; 2],
-    cols: std::ops::Range<usize>,
-    out: &mut impl FnMut(usize, usize, f32),
-) {
-    columns::<3, 8>(x, w, mk, cols, out);
+macro_rules! block {
+    ($mr:literal, $lanes:literal, $zero:expr, $load:ident, $fma:ident, $sum:ident, $x:expr, $w:expr, $k:expr) => {{
+        let (x, w, k): ([&[f32]; $mr], [&[f32]; NR], usize) = ($x, $w, $k);
+        assert!(x.iter().chain(&w).all(|s| s.len() == k));
+        let xp: [*const f32; $mr] = std::array::from_fn(|r| x[r].as_ptr());
+        let wp: [*const f32; NR] = std::array::from_fn(|j| w[j].as_ptr());
+        let full = k - k % $lanes;
+        let mut acc = [[$zero; NR]; $mr];
+        let mut i = 0;
+        while i < full {
+            let mut xv = [$zero; $mr];
+            for r in 0..$mr {
+                // SAFETY: i + $lanes <= full <= k, and every row is k floats (asserted), so
+                // the unaligned load reads inside row r.
+                xv[r] = unsafe { $load(xp[r].add(i)) };
+            }
+            for j in 0..NR {
+                // SAFETY: as above, for weight row j.
+                let wv = unsafe { $load(wp[j].add(i)) };
+                for r in 0..$mr {
+                    acc[r][j] = $fma(xv[r], wv, acc[r][j]);
+                }
+            }
+            i += $lanes;
+        }
+        let mut sums = [[0f32; NR]; $mr];
+        for r in 0..$mr {
+            for j in 0..NR {
+                let mut s = $sum(acc[r][j]);
+                for t in full..k {
+                    s = x[r][t].mul_add(w[j][t], s);
+                }
+                sums[r][j] = s;
+            }
+        }
+        sums
+    }};
 }
 
 /// Blocks of [`NR`] columns (the last one padded by repeating its last column, whose extra
-/// results are dropped), each over all rows: `MR` at a time, then the rest one by one, while
-/// the block's weights sit in L1.
-#[inline(always)]
-fn columns<const MR: usize, const L: usize>(
+/// results are dropped), each over all rows, `$mr` at a time and then the rest one by one,
+/// while the block's weights sit in L1.
+#[cfg(target_arch = "x86_64")]
+macro_rules! columns {
+    ($mr:literal, $lanes:literal, $zero:expr, $load:ident, $fma:ident, $sum:ident, $x:expr, $w:expr, [$m:expr, $k:expr], $cols:expr, $out:expr) => {{
+        let (x, w, m, k, cols, out): (&[f32], &[f32], usize, usize, std::ops::Range<usize>, _) =
+            ($x, $w, $m, $k, $cols, $out);
+        let mut c0 = cols.start;
+        while c0 < cols.end {
+            let width = NR.min(cols.end - c0);
+            let wr: [&[f32]; NR] = std::array::from_fn(|j| &w[(c0 + j.min(width - 1)) * k..][..k]);
+            let mut r0 = 0;
+            while r0 + $mr <= m {
+                let xr: [&[f32]; $mr] = std::array::from_fn(|i| &x[(r0 + i) * k..][..k]);
+                let sums = block!($mr, $lanes, $zero, $load, $fma, $sum, xr, wr, k);
+                for (i, row) in sums.iter().enumerate() {
+                    for (j, &s) in row.iter().take(width).enumerate() {
+                        out(r0 + i, c0 + j, s);
+                    }
+                }
+                r0 += $mr;
+            }
+            for r in r0..m {
+                let sums = block!(
+                    1,
+                    $lanes,
+                    $zero,
+                    $load,
+                    $fma,
+                    $sum,
+                    [&x[r * k..][..k]],
+                    wr,
+                    k
+                );
+                for (j, &s) in sums[0].iter().take(width).enumerate() {
+                    out(r, c0 + j, s);
+                }
+            }
+            c0 += width;
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+// 16 accumulators, 4 row vectors and one weight vector of AVX-512's 32 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn with_avx512(
     x: &[f32],
     w: &[f32],
     [m, k]: [usize; 2],
     cols: std::ops::Range<usize>,
     out: &mut impl FnMut(usize, usize, f32),
 ) {
-    let mut c0 = cols.start;
-    while c0 < cols.end {
-        let width = NR.min(cols.end - c0);
-        let wr: [&[f32]; NR] =
-            std::array::from_fn(|j| &w[(c0 + j.min(width - 1)) * k..][..k]);
-        let mut r0 = 0;
-        while r0 + MR <= m {
-            let xr: [&[f32]; MR] = std::array::from_fn(|i| &x[(r0 + i) * k..][..k]);
-            let sums = block::<MR, L>(xr, wr, k);
-            for (i, row) in sums.iter().enumerate() {
-                for (j, &s) in row.iter().take(width).enumerate() {
-                    out(r0 + i, c0 + j, s);
-                }
-            }
-            r0 += MR;
-        }
-        for r in r0..m {
-            let sums = block::<1, L>([&x[r * k..][..k]], wr, k);
-            for (j, &s) in sums[0].iter().take(width).enumerate() {
-                out(r, c0 + j, s);
-            }
-        }
-        c0 += width;
-    }
+    columns!(
+        4,
+        16,
+        _mm512_setzero_ps(),
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        sum512,
+        x,
+        w,
+        [m, k],
+        cols,
+        out
+    );
 }
 
-/// The `MR x NR` dot products of `xr` and `wr` (all of length `k`).
-#[inline(always)]
-fn block<const MR: usize, const L: usize>(
-    xr: [&[f32]; MR],
-    wr: [&[f32]; NR],
-    k: usize,
-) -> [[f32; NR]; MR] {
-    let mut acc = [[[0f32; L]; NR]; MR];
-    let full = k - k % L;
-    let mut i = 0;
-    while i < full {
-        let xv: [&[f32]; MR] = std::array::from_fn(|r| &xr[r][i..i + L]);
-        for (j, wj) in wr.iter().enumerate() {
-            let wv = &wj[i..i + L];
-            for r in 0..MR {
-                for l in 0..L {
-                    acc[r][j][l] = xv[r][l].mul_add(wv[l], acc[r][j][l]);
-                }
-            }
-        }
-        i += L;
-    }
-    let mut sums = [[0f32; NR]; MR];
-    for r in 0..MR {
-        for j in 0..NR {
-            let mut v = acc[r][j];
-            let mut half = L / 2;
-            while half > 0 {
-                for l in 0..half {
-                    v[l] += v[l + half];
-                }
-                half /= 2;
-            }
-            let mut s = v[0];
-            for t in full..k {
-                s = xr[r][t].mul_add(wr[j][t], s);
-            }
-            sums[r][j] = s;
-        }
-    }
-    sums
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum512(v: __m512) -> f32 {
+    _mm512_reduce_add_ps(v)
+}
+
+// 12 accumulators, 3 row vectors and one weight vector: AVX2's 16 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn with_avx2(
+    x: &[f32],
+    w: &[f32],
+    [m, k]: [usize; 2],
+    cols: std::ops::Range<usize>,
+    out: &mut impl FnMut(usize, usize, f32),
+) {
+    columns!(
+        3,
+        8,
+        _mm256_setzero_ps(),
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        sum256,
+        x,
+        w,
+        [m, k],
+        cols,
+        out
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn sum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
 }
 
 #[cfg(test)]
@@ -184,27 +239,83 @@ mod tests {
             (9, 100, 1..13),
             (16, 512, 0..8),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+                .collect();
             let w: Vec<f32> = (0..cols.end * k)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
                 .collect();
-            let mut got = vec![f32::NAN; m * cols.end];
-            let mut seen = 0;
-            assert!(product(&x, &w, [m, k], cols.clone(), &mut |r, c, v| {
-                got[r * cols.end + c] = v;
-                seen += 1;
+            // Every variant this CPU runs, not only the one `product` dispatches to.
+            #[allow(clippy::type_complexity)]
+            let mut variants: Vec<(
+                &str,
+                fn(&[f32], &[f32], usize, usize, std::ops::Range<usize>) -> (Vec<f32>, usize),
+            )> = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                fn run(
+                    f: impl FnOnce(&mut dyn FnMut(usize, usize, f32)),
+                    m: usize,
+                    end: usize,
+                ) -> (Vec<f32>, usize) {
+                    let mut got = vec![f32::NAN; m * end];
+                    let mut seen = 0;
+                    f(&mut |r, c, v| {
+                        got[r * end + c] = v;
+                        seen += 1;
+                    });
+                    (got, seen)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    variants.push(("avx512", |x, w, m, k, cols| {
+                        let end = cols.end;
+                        // SAFETY: the CPU has AVX-512F and FMA (checked above).
+                        run(
+                            |out| unsafe {
+                                with_avx512(x, w, [m, k], cols, &mut |r, c, v| out(r, c, v))
+                            },
+                            m,
+                            end,
+                        )
+                    }));
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    variants.push(("avx2", |x, w, m, k, cols| {
+                        let end = cols.end;
+                        // SAFETY: the CPU has AVX2 and FMA (checked above).
+                        run(
+                            |out| unsafe {
+                                with_avx2(x, w, [m, k], cols, &mut |r, c, v| out(r, c, v))
+                            },
+                            m,
+                            end,
+                        )
+                    }));
+                }
+            }
+            let mut seen_dispatch = 0;
+            assert!(product(&x, &w, [m, k], cols.clone(), &mut |_, _, _| {
+                seen_dispatch += 1
             }));
-            assert_eq!(seen, m * cols.len(), "{m}x{k} {cols:?}");
-            for r in 0..m {
-                for c in cols.clone() {
-                    let want: f64 = (0..k)
-                        .map(|i| f64::from(x[r * k + i]) * f64::from(w[c * k + i]))
-                        .sum();
-                    let g = f64::from(got[r * cols.end + c]);
-                    assert!(
-                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{m}x{k} {cols:?} [{r},{c}]: {g} vs {want}"
-                    );
+            assert_eq!(seen_dispatch, m * cols.len());
+            for (name, f) in variants {
+                let (got, seen) = f(&x, &w, m, k, cols.clone());
+                assert_eq!(seen, m * cols.len(), "{name} {m}x{k} {cols:?}");
+                for r in 0..m {
+                    for c in cols.clone() {
+                        let want: f64 = (0..k)
+                            .map(|i| f64::from(x[r * k + i]) * f64::from(w[c * k + i]))
+                            .sum();
+                        let g = f64::from(got[r * cols.end + c]);
+                        assert!(
+                            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{name} {m}x{k} {cols:?} [{r},{c}]: {g} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -101,12 +101,14 @@ pub(crate) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     None
 }
 
-/// Whether linear weights on `device` are best stored `[out, in]` (PyTorch's layout) behind a
-/// transposed `[in, out]` view: true on flex with the kernels, whose thin products stream
-/// each output column's weights as one contiguous run (see `dot`); a layout only, the
-/// values and every product's result are the same.
+/// Whether a weight whose products are always thin (the LM head, applied to each sequence's
+/// current block only) is best stored `[out, in]` (PyTorch's layout) behind a transposed
+/// `[in, out]` view on `device`: true on flex with the kernels, where such a product streams
+/// each output column's weights as one contiguous run (see `dot`). A layout only: the values
+/// are the same. Layer weights stay `[in, out]`, because their full-pass products run faster
+/// from that layout (docs/benchmarks.md).
 #[allow(unused_variables)] // without the kernels the answer is always no
-pub(crate) fn stores_out_in(device: &burn::tensor::Device) -> bool {
+pub(crate) fn thin_out_in(device: &burn::tensor::Device) -> bool {
     // An autodiff device is not flex's own: its tensors are not flex primitives.
     #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
     let out_in = Tensor::<1>::zeros([1], device)
@@ -117,13 +119,13 @@ pub(crate) fn stores_out_in(device: &burn::tensor::Device) -> bool {
     out_in
 }
 
-/// `w` (`[in, out]`) in the layout [`stores_out_in`] picks for its device: a transposed view
-/// of an `[out, in]` copy there, `w` itself elsewhere. Same values, same dtype.
+/// `w` (`[in, out]`) in the layout [`thin_out_in`] picks for its device: a transposed view of
+/// an `[out, in]` copy there, `w` itself elsewhere. Same values, same dtype.
 ///
 /// # Shapes
 /// - `w`: `[d_in, d_out]`; returns the same shape.
-pub(crate) fn pack_linear(w: Tensor<2>) -> Tensor<2> {
-    if !stores_out_in(&w.device()) {
+pub(crate) fn pack_thin(w: Tensor<2>) -> Tensor<2> {
+    if !thin_out_in(&w.device()) {
         return w;
     }
     let (device, dtype) = (w.device(), w.dtype());

@@ -144,7 +144,7 @@ impl Bands {
 /// Most rows for which a float32 `[out, in]` weight goes through [`dot::product`] rather
 /// than gemm: past this the gemm's packed micro-kernel, which reuses each loaded weight
 /// vector across more rows, wins even with its packing.
-const THIN: usize = 64;
+const THIN: usize = 32;
 
 /// `None` when an operand is not a flex tensor of the expected dtypes and shapes (the
 /// caller then uses burn's ops).

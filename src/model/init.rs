@@ -55,7 +55,7 @@ pub(crate) fn random_backbone(
         let std = scale * (1.0 / d_in as f32).sqrt();
         let weight = matrix(&mut rng, [d_in, d_out], std, device, matrices);
         Linear {
-            weight: Param::from_tensor(crate::kernels::pack_linear(weight)),
+            weight: Param::from_tensor(weight),
             bias: bias.then(|| Param::from_tensor(matrix(&mut rng, [d_out], 0.1, device, None))),
         }
     };
@@ -81,7 +81,8 @@ pub(crate) fn random_backbone(
             head_dim: hd,
         });
     }
-    let head = linear(d, a.vocab_rows, false, 1.0);
+    let mut head = linear(d, a.vocab_rows, false, 1.0);
+    head.weight = head.weight.map(crate::kernels::pack_thin);
     let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     let embed = matrix(&mut rng, [a.vocab_rows, d], 1.0, device, matrices);
     Backbone {
@@ -112,10 +113,7 @@ pub(crate) fn random_backbone_on_device(
         }
     };
     let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
-        weight: Param::from_tensor(crate::kernels::pack_linear(draw(
-            [d_in, d_out],
-            (1.0 / d_in as f64).sqrt(),
-        ))),
+        weight: Param::from_tensor(draw([d_in, d_out], (1.0 / d_in as f64).sqrt())),
         bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
     };
     let norm = |d: usize| RmsNorm::from_weight(Tensor::ones([d], device), a.eps);
@@ -143,6 +141,10 @@ pub(crate) fn random_backbone_on_device(
         },
         blocks,
         norm: norm(d),
-        head: linear(d, a.vocab_rows, false),
+        head: {
+            let mut head = linear(d, a.vocab_rows, false);
+            head.weight = head.weight.map(crate::kernels::pack_thin);
+            head
+        },
     }
 }

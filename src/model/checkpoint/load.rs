@@ -322,8 +322,8 @@ impl Checkpoint {
         name_of(self.table, role, layer).unwrap_or_else(|| format!("<no name for {role:?}>"))
     }
 
-    /// A `[out, in]` PyTorch linear weight as a burn [`Linear`] (`[in, out]`; on flex a
-    /// transposed view of the `[out, in]` storage, see `kernels::stores_out_in`), with an
+    /// A `[out, in]` PyTorch linear weight as a burn [`Linear`] (`[in, out]`; the LM head on
+    /// flex a transposed view of the `[out, in]` storage, see `kernels::thin_out_in`), with an
     /// optional bias role.
     pub(crate) fn linear(
         &mut self,
@@ -334,8 +334,8 @@ impl Checkpoint {
         d_out: usize,
     ) -> Result<Linear> {
         let name = self.role_name(role, layer);
-        // Read in the layout the device's products want, so that no second copy is made.
-        let weight = if crate::kernels::stores_out_in(&self.device) {
+        // The LM head read in the layout its thin products want, without a second copy.
+        let weight = if role == Role::LmHead && crate::kernels::thin_out_in(&self.device) {
             self.matrix::<2>(&name, &[d_out, d_in], [d_out, d_in], false)?
                 .transpose()
         } else {
