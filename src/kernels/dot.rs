@@ -1,9 +1,10 @@
 //! Thin products against a weight stored `[out, in]`: every output element a dot product of
 //! an input row and a weight row, both contiguous.
 //!
-//! A cached step multiplies 16-64 rows by weights that no cache holds (a layer's 12.6 MB, the
-//! LM head's 65 MB at d512), so the product is bound by how fast the weight streams from
-//! memory. With each output column's weights contiguous, a block of [`NR`] columns is one
+//! The LM head multiplies only each sequence's current block (16-32 rows) by a weight that no
+//! cache holds (65 MB at d512), so the product is bound by how fast the weight streams; the
+//! models store it `[out, in]` for this kernel (`kernels::thin_out_in`), while layer weights
+//! stay `[in, out]` for their full passes. With each output column's weights contiguous, a block of [`NR`] columns is one
 //! sequential run of `NR * k` floats that the hardware prefetchers follow, read from memory
 //! once and from L1 for every further block of rows. gemm 0.19 instead packs a column band
 //! of a row-major weight on every call, 64 columns of a row at a time with a stride of the full

@@ -10,6 +10,10 @@
 //! element once per row tile, small next to the multiply-adds of the tile's rows for the 16+
 //! rows of a cached step and negligible for a full pass; the weight stream itself is half as
 //! many bytes as float32.
+//!
+//! The weight may be `[in, out]` row-major (layer weights) or `[out, in]` behind a transposed
+//! view (the LM head on flex); gemm reads either through its strides, and a float32 `[out, in]`
+//! weight against at most [`THIN`] input rows goes to `dot::product` instead.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
