@@ -246,56 +246,36 @@ mod tests {
             let w: Vec<f32> = (0..cols.end * k)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
                 .collect();
-            // Every variant this CPU runs, not only the one `product` dispatches to.
-            #[allow(clippy::type_complexity)]
-            let mut variants: Vec<(
-                &str,
-                fn(&[f32], &[f32], usize, usize, std::ops::Range<usize>) -> (Vec<f32>, usize),
-            )> = Vec::new();
+            // Every variant this CPU runs, not only the one `product` dispatches to. Each
+            // entry hands its kernel's values to the sink it is given.
+            type Variant<'a> = Box<dyn Fn(&mut dyn FnMut(usize, usize, f32)) + 'a>;
+            #[allow(unused_mut)]
+            let mut variants: Vec<(&str, Variant)> = Vec::new();
             #[cfg(target_arch = "x86_64")]
             {
-                fn run(
-                    f: impl FnOnce(&mut dyn FnMut(usize, usize, f32)),
-                    m: usize,
-                    end: usize,
-                ) -> (Vec<f32>, usize) {
-                    let mut got = vec![f32::NAN; m * end];
-                    let mut seen = 0;
-                    f(&mut |r, c, v| {
-                        got[r * end + c] = v;
-                        seen += 1;
-                    });
-                    (got, seen)
-                }
+                let (x, w, cs) = (&x, &w, cols.clone());
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
-                    variants.push(("avx512", |x, w, m, k, cols| {
-                        let end = cols.end;
+                    variants.push((
+                        "avx512",
                         // SAFETY: the CPU has AVX-512F and FMA (checked above).
-                        run(
-                            |out| unsafe {
-                                with_avx512(x, w, [m, k], cols, &mut |r, c, v| out(r, c, v))
-                            },
-                            m,
-                            end,
-                        )
-                    }));
+                        Box::new(move |out| unsafe {
+                            with_avx512(x, w, [m, k], cs.clone(), &mut |r, c, v| out(r, c, v))
+                        }),
+                    ));
                 }
+                let cs = cols.clone();
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
-                    variants.push(("avx2", |x, w, m, k, cols| {
-                        let end = cols.end;
+                    variants.push((
+                        "avx2",
                         // SAFETY: the CPU has AVX2 and FMA (checked above).
-                        run(
-                            |out| unsafe {
-                                with_avx2(x, w, [m, k], cols, &mut |r, c, v| out(r, c, v))
-                            },
-                            m,
-                            end,
-                        )
-                    }));
+                        Box::new(move |out| unsafe {
+                            with_avx2(x, w, [m, k], cs.clone(), &mut |r, c, v| out(r, c, v))
+                        }),
+                    ));
                 }
             }
             let mut seen_dispatch = 0;
@@ -304,7 +284,12 @@ mod tests {
             }));
             assert_eq!(seen_dispatch, m * cols.len());
             for (name, f) in variants {
-                let (got, seen) = f(&x, &w, m, k, cols.clone());
+                let mut got = vec![f32::NAN; m * cols.end];
+                let mut seen = 0;
+                f(&mut |r, c, v| {
+                    got[r * cols.end + c] = v;
+                    seen += 1;
+                });
                 assert_eq!(seen, m * cols.len(), "{name} {m}x{k} {cols:?}");
                 for r in 0..m {
                     for c in cols.clone() {
