@@ -16,10 +16,13 @@
 //!   `widen::linear`), so every read and write stays inside its slice;
 //! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`,
 //!   `widen::Bands`): each task owns a distinct (query rows, head) tile, column band or column
-//!   chunk, the tiles partition the buffer, and the buffer outlives the parallel loop;
+//!   chunk (the thin kernels' writes are checked against the chunk's bounds), the tiles
+//!   partition the buffer, and the buffer outlives the parallel loop;
 //! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`, the kernels
-//!   inside `dot::product`): made only after `is_x86_feature_detected!` confirmed the CPU has
-//!   those features.
+//!   inside `dot::product` and `thin::product`): made only after `is_x86_feature_detected!`
+//!   confirmed the CPU has those features; inside those kernels, vector loads, stores and
+//!   prefetches through pointers offset within slices whose lengths are asserted against the
+//!   extents first.
 //!
 //! No other module of the crate contains `unsafe`.
 
@@ -31,6 +34,8 @@ mod dot;
 mod simd;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod swiglu;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod thin;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod widen;
 

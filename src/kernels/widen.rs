@@ -12,8 +12,9 @@
 //! many bytes as float32.
 //!
 //! The weight may be `[in, out]` row-major (layer weights) or `[out, in]` behind a transposed
-//! view (the LM head on flex); gemm reads either through its strides, and a float32 `[out, in]`
-//! weight against at most [`THIN`] input rows goes to `dot::product` instead.
+//! view (the LM head on flex); gemm reads either through its strides. Against at most [`THIN`]
+//! input rows a float32 weight goes to a kernel of the crate's own instead: `dot::product` for
+//! `[out, in]`, `thin::product` for `[in, out]` (where the width is a multiple of 16).
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -22,8 +23,8 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::dot;
 use super::simd::vectorised;
+use super::{dot, thin};
 
 /// Weight rows per panel.
 const K_BLOCK: usize = 512;
@@ -145,8 +146,8 @@ impl Bands {
     }
 }
 
-/// Most rows for which a float32 `[out, in]` weight goes through [`dot::product`] rather
-/// than gemm: past this the gemm's packed micro-kernel, which reuses each loaded weight
+/// Most rows for which a float32 weight goes through [`dot::product`] or [`thin::product`]
+/// rather than gemm: past this the gemm's packed micro-kernel, which reuses each loaded weight
 /// vector across more rows, wins even with its packing.
 const THIN: usize = 32;
 
@@ -196,6 +197,31 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
                         // to this task's chunk alone, so no other task writes it.
                         unsafe { *bands.at(r * n + c) = v };
                     });
+                });
+            }
+            Weight::F32(w)
+                if order == Order::InOut
+                    && rows <= THIN
+                    && n.is_multiple_of(16)
+                    && thin::available() =>
+            {
+                // Chunks of whole 64-column blocks, four per thread as above.
+                let chunk = n.div_ceil(4 * threads).next_multiple_of(64).max(64);
+                (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
+                    let cols = t * chunk..((t + 1) * chunk).min(n);
+                    let (lo, hi) = (cols.start, cols.end);
+                    let done = thin::product(xs, w, [rows, k, n], cols, &mut |r, c, v| {
+                        assert!(r < rows && c >= lo && c + v.len() <= hi);
+                        // SAFETY: the run r, c..c + v.len() lies inside `out` (rows * n
+                        // elements, alive until after the loop) and inside this task's
+                        // chunk of columns (asserted), which no other task writes.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), bands.at(r * n + c), v.len())
+                        };
+                    });
+                    // Chunk bounds are multiples of 16 (n is) and the CPU was checked above:
+                    // the kernel never declines here.
+                    assert!(done);
                 });
             }
             _ => tiles(xs, &weight, (order, [k, n]), rows, threads, &bands),
