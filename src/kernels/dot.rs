@@ -225,6 +225,8 @@ fn sum256(v: __m256) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::kernels::simd::Isa;
 
     #[test]
     fn matches_float64_on_ragged_shapes() {
@@ -250,34 +252,27 @@ mod tests {
             // entry hands its kernel's values to the sink it is given.
             type Variant<'a> = Box<dyn Fn(&mut dyn FnMut(usize, usize, f32)) + 'a>;
             #[allow(unused_mut)]
-            let mut variants: Vec<(&str, Variant)> = Vec::new();
+            let mut variants: Vec<(String, Variant)> = Vec::new();
             #[cfg(target_arch = "x86_64")]
-            {
+            for isa in super::super::simd::isas() {
                 let (x, w, cs) = (&x, &w, cols.clone());
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    variants.push((
-                        "avx512",
-                        // SAFETY: the CPU has AVX-512F and FMA (checked above).
-                        Box::new(move |out| unsafe {
-                            with_avx512(x, w, [m, k], cs.clone(), &mut |r, c, v| out(r, c, v))
-                        }),
-                    ));
-                }
-                let cs = cols.clone();
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    variants.push((
-                        "avx2",
-                        // SAFETY: the CPU has AVX2 and FMA (checked above).
-                        Box::new(move |out| unsafe {
-                            with_avx2(x, w, [m, k], cs.clone(), &mut |r, c, v| out(r, c, v))
-                        }),
-                    ));
-                }
+                variants.push((
+                    format!("{isa:?}"),
+                    Box::new(move |out| {
+                        let out = &mut |r, c, v| out(r, c, v);
+                        // SAFETY: `isas` lists only instruction sets the CPU has.
+                        unsafe {
+                            match isa {
+                                Isa::Avx512 => with_avx512(x, w, [m, k], cs.clone(), out),
+                                Isa::Avx2 => with_avx2(x, w, [m, k], cs.clone(), out),
+                            }
+                        }
+                    }),
+                ));
             }
+            // `available` and `isas` agree on what the CPU runs.
+            #[cfg(target_arch = "x86_64")]
+            assert!(!variants.is_empty());
             let mut seen_dispatch = 0;
             assert!(product(&x, &w, [m, k], cols.clone(), &mut |_, _, _| {
                 seen_dispatch += 1
@@ -291,18 +286,17 @@ mod tests {
                     seen += 1;
                 });
                 assert_eq!(seen, m * cols.len(), "{name} {m}x{k} {cols:?}");
-                for r in 0..m {
-                    for c in cols.clone() {
-                        let want: f64 = (0..k)
+                super::super::simd::assert_matches_f64(
+                    &format!("{name} {m}x{k} {cols:?}"),
+                    &got,
+                    m,
+                    cols.clone(),
+                    |r, c| {
+                        (0..k)
                             .map(|i| f64::from(x[r * k + i]) * f64::from(w[c * k + i]))
-                            .sum();
-                        let g = f64::from(got[r * cols.end + c]);
-                        assert!(
-                            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{name} {m}x{k} {cols:?} [{r},{c}]: {g} vs {want}"
-                        );
-                    }
-                }
+                            .sum()
+                    },
+                );
             }
         }
     }

@@ -23,6 +23,52 @@ pub(super) fn vectorised(body: impl FnOnce()) {
     body()
 }
 
+/// The instruction sets the hand-written kernels (`dot`, `thin`) have a variant for, each
+/// with FMA.
+#[cfg(all(test, target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// Those of [`Isa`] this CPU runs, so that a test can check every variant, not only the one
+/// the dispatch picks.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn isas() -> Vec<Isa> {
+    let fma = std::arch::is_x86_feature_detected!("fma");
+    let mut isas = Vec::new();
+    if fma && std::arch::is_x86_feature_detected!("avx512f") {
+        isas.push(Isa::Avx512);
+    }
+    if fma && std::arch::is_x86_feature_detected!("avx2") {
+        isas.push(Isa::Avx2);
+    }
+    isas
+}
+
+/// Asserts that `got` (`[m, cols.end]` row-major) holds, at every row below `m` and column in
+/// `cols`, the float64 value `want(r, c)` within 1e-5 relative (NaN fails), naming `label`.
+#[cfg(test)]
+pub(super) fn assert_matches_f64(
+    label: &str,
+    got: &[f32],
+    m: usize,
+    cols: std::ops::Range<usize>,
+    want: impl Fn(usize, usize) -> f64,
+) {
+    assert_eq!(got.len(), m * cols.end, "{label}");
+    for r in 0..m {
+        for c in cols.clone() {
+            let (g, want) = (f64::from(got[r * cols.end + c]), want(r, c));
+            assert!(
+                (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{label} [{r},{c}]: {g} vs {want}"
+            );
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn with_avx512(body: impl FnOnce()) {

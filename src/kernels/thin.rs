@@ -159,51 +159,35 @@ macro_rules! blocks {
                 let mut r0 = 0;
                 while r0 < m {
                     let rows = $mr.min(m - r0);
-                    // Row counts below $mr each get a tile of their own height, so that no
-                    // lane computes a row that is not there.
-                    macro_rules! go {
-                        ($h:literal) => {
-                            if wide {
-                                tile!(
-                                    $h,
-                                    $nv,
-                                    $lanes,
-                                    $zero,
-                                    $load,
-                                    $store,
-                                    $set1,
-                                    $fma,
-                                    x,
-                                    w,
-                                    [k, n],
-                                    ks.clone(),
-                                    r0,
-                                    c0,
-                                    &mut sums[..],
-                                    r0 == 0
-                                )
-                            } else {
-                                tile!(
-                                    $h,
-                                    1,
-                                    $lanes,
-                                    $zero,
-                                    $load,
-                                    $store,
-                                    $set1,
-                                    $fma,
-                                    x,
-                                    w,
-                                    [k, n],
-                                    ks.clone(),
-                                    r0,
-                                    c0,
-                                    &mut sums[..],
-                                    r0 == 0
-                                )
-                            }
+                    macro_rules! at {
+                        ($h:literal, $v:literal) => {
+                            tile!(
+                                $h,
+                                $v,
+                                $lanes,
+                                $zero,
+                                $load,
+                                $store,
+                                $set1,
+                                $fma,
+                                x,
+                                w,
+                                [k, n],
+                                ks.clone(),
+                                r0,
+                                c0,
+                                &mut sums[..],
+                                r0 == 0
+                            )
                         };
                     }
+                    macro_rules! go {
+                        ($h:literal) => {
+                            if wide { at!($h, $nv) } else { at!($h, 1) }
+                        };
+                    }
+                    // Row counts below $mr each get a tile of their own height, so that no
+                    // lane computes a row that is not there.
                     match rows {
                         1 => go!(1),
                         2 => go!(2),
@@ -280,6 +264,8 @@ fn with_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::kernels::simd::Isa;
 
     /// The values `f` hands out, as a `[m, cols.end]` matrix (NaN where nothing was written),
     /// and how many values it handed out.
@@ -320,8 +306,8 @@ mod tests {
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
                 .collect();
             type Variant<'a> = Box<dyn Fn(&mut dyn FnMut(usize, usize, &[f32])) + 'a>;
-            let mut variants: Vec<(&str, Variant)> = vec![(
-                "dispatch",
+            let mut variants: Vec<(String, Variant)> = vec![(
+                "dispatch".into(),
                 Box::new(|out| {
                     assert!(product(&x, &w, [m, k, n], cols.clone(), &mut |r, c, v| {
                         out(r, c, v)
@@ -329,47 +315,39 @@ mod tests {
                 }),
             )];
             #[cfg(target_arch = "x86_64")]
-            {
+            for isa in super::super::simd::isas() {
                 let (x, w, cs) = (&x, &w, cols.clone());
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    variants.push((
-                        "avx512",
-                        // SAFETY: the CPU has AVX-512F and FMA (checked above).
-                        Box::new(move |out| unsafe {
-                            with_avx512(x, w, [m, k, n], cs.clone(), &mut |r, c, v| out(r, c, v))
-                        }),
-                    ));
-                }
-                let cs = cols.clone();
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    variants.push((
-                        "avx2",
-                        // SAFETY: the CPU has AVX2 and FMA (checked above).
-                        Box::new(move |out| unsafe {
-                            with_avx2(x, w, [m, k, n], cs.clone(), &mut |r, c, v| out(r, c, v))
-                        }),
-                    ));
-                }
+                variants.push((
+                    format!("{isa:?}"),
+                    Box::new(move |out| {
+                        let out = &mut |r, c, v: &[f32]| out(r, c, v);
+                        // SAFETY: `isas` lists only instruction sets the CPU has.
+                        unsafe {
+                            match isa {
+                                Isa::Avx512 => with_avx512(x, w, [m, k, n], cs.clone(), out),
+                                Isa::Avx2 => with_avx2(x, w, [m, k, n], cs.clone(), out),
+                            }
+                        }
+                    }),
+                ));
             }
+            // `available` and `isas` agree on what the CPU runs.
+            #[cfg(target_arch = "x86_64")]
+            assert!(variants.len() >= 2);
             for (name, f) in variants {
                 let (got, seen) = collect(m, &cols, f);
                 assert_eq!(seen, m * cols.len(), "{name} {m}x{k}x{n} {cols:?}");
-                for r in 0..m {
-                    for c in cols.clone() {
-                        let want: f64 = (0..k)
+                super::super::simd::assert_matches_f64(
+                    &format!("{name} {m}x{k}x{n} {cols:?}"),
+                    &got,
+                    m,
+                    cols.clone(),
+                    |r, c| {
+                        (0..k)
                             .map(|i| f64::from(x[r * k + i]) * f64::from(w[i * n + c]))
-                            .sum();
-                        let g = f64::from(got[r * cols.end + c]);
-                        assert!(
-                            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{name} {m}x{k}x{n} {cols:?} [{r},{c}]: {g} vs {want}"
-                        );
-                    }
-                }
+                            .sum()
+                    },
+                );
             }
         }
     }
