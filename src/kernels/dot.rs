@@ -32,37 +32,24 @@ pub(super) fn product(
     cols: std::ops::Range<usize>,
     out: &mut impl FnMut(usize, usize, f32),
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { with_avx512(x, w, [m, k], cols, out) };
-            return true;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            unsafe { with_avx2(x, w, [m, k], cols, out) };
-            return true;
+    match super::simd::fma_isa() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { with_avx512(x, w, [m, k], cols, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { with_avx2(x, w, [m, k], cols, out) },
+        _ => {
+            let _ = (x, w, m, k, cols, out);
+            return false;
         }
     }
-    let _ = (x, w, m, k, cols, out);
-    false
+    true
 }
 
 /// Whether [`product`] runs on this CPU.
 pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        (std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma"))
-            || (std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::simd::fma_isa().is_some()
 }
 
 /// `$mr` rows (`$x`, slices of length `$k`) by [`NR`] columns (`$w`, likewise): lane
@@ -154,6 +141,8 @@ macro_rules! columns {
 }
 
 #[cfg(target_arch = "x86_64")]
+use super::simd::Isa;
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 // 16 accumulators, 4 row vectors and one weight vector of AVX-512's 32 registers.
@@ -225,8 +214,6 @@ fn sum256(v: __m256) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "x86_64")]
-    use crate::kernels::simd::Isa;
 
     #[test]
     fn matches_float64_on_ragged_shapes() {

@@ -25,15 +25,30 @@ pub(super) fn vectorised(body: impl FnOnce()) {
 
 /// The instruction sets the hand-written kernels (`dot`, `thin`) have a variant for, each
 /// with FMA.
-#[cfg(all(test, target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Isa {
     Avx512,
     Avx2,
 }
 
-/// Those of [`Isa`] this CPU runs, so that a test can check every variant, not only the one
-/// the dispatch picks.
+/// The widest of [`Isa`] this CPU runs, which the kernels dispatch to; `None` on CPUs with
+/// neither and on other architectures.
+pub(super) fn fma_isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Isa::Avx2);
+        }
+    }
+    None
+}
+
+/// Every one of [`Isa`] this CPU runs, so that a test can check each variant, not only the
+/// one the dispatch picks.
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(super) fn isas() -> Vec<Isa> {
     let fma = std::arch::is_x86_feature_detected!("fma");

@@ -37,26 +37,23 @@ pub(super) fn product(
         return false;
     }
     assert!(x.len() >= m * k && w.len() >= k * n);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { with_avx512(x, w, [m, k, n], cols, out) };
-            return true;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            unsafe { with_avx2(x, w, [m, k, n], cols, out) };
-            return true;
+    match super::simd::fma_isa() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => unsafe { with_avx512(x, w, [m, k, n], cols, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => unsafe { with_avx2(x, w, [m, k, n], cols, out) },
+        _ => {
+            let _ = (x, w, m, k, n, cols, out);
+            return false;
         }
     }
-    let _ = (x, w, m, k, n, cols, out);
-    false
+    true
 }
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::Isa;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -264,8 +261,6 @@ fn with_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "x86_64")]
-    use crate::kernels::simd::Isa;
 
     /// The values `f` hands out, as a `[m, cols.end]` matrix (NaN where nothing was written),
     /// and how many values it handed out.
