@@ -1,18 +1,33 @@
 //! The golden comparison can fail: copies of real cases with one planted defect each must be
 //! reported as failures, and the unmodified copies must pass.
 
+#[path = "common/scratch.rs"]
+mod common_scratch;
 #[path = "golden/harness.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common_scratch::Scratch;
 use dllm_cache::burn::tensor::Device;
 use harness::{ConfidenceKind, Models, Outcome};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+}
+
+/// A planted case file, in a scratch folder removed when this is dropped.
+struct Planted {
+    _root: Scratch,
+    case: PathBuf,
+}
+
+impl std::ops::Deref for Planted {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.case
+    }
 }
 
 /// Copies `<arch>/cases/<case>.json` (and its arrays file) into a fresh folder, with the model
@@ -22,15 +37,9 @@ fn plant(
     case: &str,
     edit_json: impl FnOnce(&mut Value),
     edit_arrays: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let root = std::env::temp_dir().join(format!(
-        "dllm-cache-defect-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+) -> Planted {
+    let root = Scratch::new("defect", arch, true);
     let cases = root.join(arch).join("cases");
-    let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&cases).unwrap();
     let src = fixture().join(arch).join("cases");
     let mut json: Value =
@@ -57,9 +66,9 @@ fn plant(
         safetensors::serialize_to_file(views, None, &cases.join(file)).unwrap();
     }
     edit_json(&mut json);
-    let path = cases.join(format!("{case}.json"));
-    std::fs::write(&path, json.to_string()).unwrap();
-    path
+    let case = cases.join(format!("{case}.json"));
+    std::fs::write(&case, json.to_string()).unwrap();
+    Planted { _root: root, case }
 }
 
 fn run(arch: &str, path: &Path) -> Outcome {

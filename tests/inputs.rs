@@ -2,7 +2,6 @@
 //! a table of bad inputs through the public API, each with the exact error it must produce.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
 use dllm_cache::cache::{CachePolicy, FeatureCache, Probe, Refresh, Segment, StepInfo};
@@ -16,17 +15,13 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/llada")
 }
 
-/// A fresh scratch folder under the system temp dir.
-fn scratch(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "dllm-cache-test-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+#[path = "common/scratch.rs"]
+mod common_scratch;
+use common_scratch::Scratch;
+
+/// A fresh, empty scratch folder under the system temp dir.
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new("test", tag, true)
 }
 
 /// The fixture's tensors: (name, dtype, shape, bytes), sorted by name.
@@ -63,7 +58,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>
 }
 
 /// A model folder with the fixture config and the given tensors.
-fn model_dir(tag: &str, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> PathBuf {
+fn model_dir(tag: &str, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Scratch {
     let dir = scratch(tag);
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).expect("copy config");
     write_safetensors(&dir.join("model.safetensors"), tensors);
@@ -171,7 +166,7 @@ fn config_json(arch: &str) -> serde_json::Value {
 }
 
 /// The fixture folder with its weights file rewritten by `edit`.
-fn edited_checkpoint(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+fn edited_checkpoint(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Scratch {
     let dir = model_dir(tag, &fixture_tensors());
     let file = dir.join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -192,7 +187,7 @@ fn edit_header(bytes: &mut [u8], edit: impl FnOnce(&mut serde_json::Value)) {
 }
 
 /// A folder with the fixture's weights and an edited config.
-fn config_dir(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn config_dir(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Scratch {
     let dir = model_dir(tag, &fixture_tensors());
     let mut config = config_json("llada");
     edit(&mut config);
@@ -208,12 +203,12 @@ fn tensors_with(
     t
 }
 
-fn load(dir: PathBuf) -> Result<(), Error> {
-    Llada::from_dir(dir, &Device::default()).map(|_| ())
+fn load(dir: Scratch) -> Result<(), Error> {
+    Llada::from_dir(&*dir, &Device::default()).map(|_| ())
 }
 
 /// A copy of the shipped tiny model's folder with `generation_config.json` edited.
-fn shipped_with_generation_config(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn shipped_with_generation_config(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Scratch {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-llada");
     let dir = scratch(tag);
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -228,8 +223,8 @@ fn shipped_with_generation_config(tag: &str, edit: impl FnOnce(&mut serde_json::
     dir
 }
 
-fn pipeline(dir: PathBuf) -> Result<(), Error> {
-    dllm_cache::Pipeline::from_dir(dir, &Device::default()).map(|_| ())
+fn pipeline(dir: Scratch) -> Result<(), Error> {
+    dllm_cache::Pipeline::from_dir(&*dir, &Device::default()).map(|_| ())
 }
 
 /// A user-written denoiser that breaks its contract: it wraps a real model and distorts what

@@ -6,7 +6,6 @@ mod tiny_task;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dllm_cache::burn::tensor::Device;
 use dllm_cache::pipeline::{CacheChoice, GenerateOptions, Model, Pipeline};
@@ -23,16 +22,12 @@ const LLADA_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message i
 
 const QWEN_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'].strip() + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-fn scratch(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "dllm-cache-text-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+#[path = "common/scratch.rs"]
+mod common_scratch;
+use common_scratch::Scratch;
+
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new("text", tag, true)
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -203,7 +198,7 @@ fn incremental_decoding_streams_the_committed_prefix_in_any_commit_order() {
 
 /// A model folder: the fixture LLaDA's weights, the tiny character tokenizer, and a config
 /// whose special ids are the tokenizer's.
-fn fixture_pipeline_dir() -> PathBuf {
+fn fixture_pipeline_dir() -> Scratch {
     let dir = scratch("pipeline");
     let src = repo("tests/fixtures/golden/llada");
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();

@@ -5,8 +5,7 @@
 #[path = "../examples/shared/tiny_task.rs"]
 mod tiny_task;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use dllm_cache::burn::tensor::{Device, Int, Tensor, TensorData};
 use dllm_cache::model::SaveDtype;
@@ -15,15 +14,13 @@ use dllm_cache::{
     DllmCacheConfig, Dream, Llada, LladaConfig, LoadOptions, SplitMix64, WeightDtype,
 };
 
-fn scratch(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "dllm-cache-weights-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+#[path = "common/scratch.rs"]
+mod common_scratch;
+use common_scratch::Scratch;
+
+/// A scratch path with nothing there yet (the code under test saves a model folder to it).
+fn scratch(tag: &str) -> Scratch {
+    Scratch::new("weights", tag, false)
 }
 
 fn tokens(device: &Device, vocab: u32) -> Tensor<2, Int> {
