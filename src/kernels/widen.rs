@@ -1,9 +1,10 @@
 //! `x · w` on the flex backend for float32 activations and a float32, bf16 or f16 weight,
 //! computed in float32 without ever holding a float32 copy of a 16-bit weight.
 //!
-//! The output `[m, n]` is cut into tiles of at most [`M_BLOCK`] rows by one band of at most
-//! [`N_BLOCK`] columns, one task each, every task a single-threaded gemm (no synchronisation
-//! inside a product; burn-flex's matmul instead splits each product inside the gemm). A
+//! The output `[m, n]` is cut into tiles of at most [`M_BLOCK`] rows ([`F32_M_BLOCK`] for a
+//! float32 weight) by one band of at most [`N_BLOCK`] columns, one task each, every task a
+//! single-threaded gemm (no synchronisation inside a product; burn-flex's matmul instead
+//! splits each product inside the gemm). A
 //! float32 weight is read in place. A 16-bit weight is cut into panels of at most [`K_BLOCK`]
 //! rows: for each panel of its band a task widens it into a float32 buffer the size of L2
 //! (512 KiB) and multiplies it in with one accumulating gemm. The widening reads each weight
@@ -28,8 +29,14 @@ use super::{dot, thin};
 
 /// Weight rows per panel.
 const K_BLOCK: usize = 512;
-/// Most output rows per task.
+/// Most output rows per task with a 16-bit weight.
 const M_BLOCK: usize = 256;
+/// Most output rows per task with a float32 weight. gemm packs the weight band at every call
+/// with more than 48 rows, so taller tiles pack each band fewer times: a full pass at prompt
+/// 1024 (1088 rows) packs it twice instead of five times, which measured 0.965 of the uncached
+/// forward time against 256-row tiles (docs/benchmarks.md); two row tiles of 1088 rows by
+/// 128-256-column bands still give both threads several tasks.
+const F32_M_BLOCK: usize = 544;
 /// Most weight columns per panel (and per task's band).
 const N_BLOCK: usize = 256;
 
@@ -233,7 +240,8 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     ))
 }
 
-/// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] rows by one
+/// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] (float32:
+/// [`F32_M_BLOCK`]) rows by one
 /// band of columns, into `bands` (`[rows, n]` row-major, zeroed).
 fn tiles(
     xs: &[f32],
@@ -246,12 +254,16 @@ fn tiles(
     // Bands narrow enough that both threads have work on small outputs, never below 64
     // columns (the gemm's efficient width).
     let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
-    let row_blocks = rows.div_ceil(M_BLOCK);
+    let m_block = match weight {
+        Weight::F32(_) => F32_M_BLOCK,
+        Weight::Bf16(_) | Weight::F16(_) => M_BLOCK,
+    };
+    let row_blocks = rows.div_ceil(m_block);
     let col_bands = n.div_ceil(band);
     (0..row_blocks * col_bands).into_par_iter().for_each(|t| {
         let (rb, cb) = (t / col_bands, t % col_bands);
-        let r0 = rb * M_BLOCK;
-        let m = M_BLOCK.min(rows - r0);
+        let r0 = rb * m_block;
+        let m = m_block.min(rows - r0);
         let cols = cb * band..((cb + 1) * band).min(n);
         let width = cols.len();
         let dst = bands.at(r0 * n + cols.start);
@@ -361,12 +373,14 @@ mod tests {
     fn widened_product_matches_float64_on_ragged_shapes() {
         let device = Device::flex();
         // Shapes with remainders in every blocking: k over two panels, n over several
-        // bands with a short last one, a single row, and 300 rows over two row tiles.
+        // bands with a short last one, a single row, 300 rows over two 16-bit row tiles and
+        // 600 over two float32 ones.
         for (b, m, k, n) in [
             (1, 1, 7, 5),
             (2, 3, 1030, 300),
             (1, 17, 512, 64),
             (2, 150, 40, 90),
+            (1, 600, 24, 80),
         ] {
             let xv = values(b * m * k, 1);
             let wv = values(k * n, 2);
