@@ -241,8 +241,7 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
 }
 
 /// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] (float32:
-/// [`F32_M_BLOCK`]) rows by one
-/// band of columns, into `bands` (`[rows, n]` row-major, zeroed).
+/// [`F32_M_BLOCK`]) rows by one band of columns, into `bands` (`[rows, n]` row-major, zeroed).
 fn tiles(
     xs: &[f32],
     weight: &Weight<'_>,
