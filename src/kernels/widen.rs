@@ -4,13 +4,12 @@
 //! The output `[m, n]` is cut into tiles of at most [`M_BLOCK`] rows ([`F32_M_BLOCK`] for a
 //! float32 weight) by one band of at most [`N_BLOCK`] columns, one task each, every task a
 //! single-threaded gemm (no synchronisation inside a product; burn-flex's matmul instead
-//! splits each product inside the gemm). A
-//! float32 weight is read in place. A 16-bit weight is cut into panels of at most [`K_BLOCK`]
-//! rows: for each panel of its band a task widens it into a float32 buffer the size of L2
-//! (512 KiB) and multiplies it in with one accumulating gemm. The widening reads each weight
-//! element once per row tile, small next to the multiply-adds of the tile's rows for the 16+
-//! rows of a cached step and negligible for a full pass; the weight stream itself is half as
-//! many bytes as float32.
+//! splits each product inside the gemm). A float32 weight is read in place. A 16-bit weight
+//! is cut into panels of at most [`K_BLOCK`] rows: for each panel of its band a task widens it
+//! into a float32 buffer the size of L2 (512 KiB) and multiplies it in with one accumulating
+//! gemm. The widening reads each weight element once per row tile, small next to the
+//! multiply-adds of the tile's rows for the 16+ rows of a cached step and negligible for a
+//! full pass; the weight stream itself is half as many bytes as float32.
 //!
 //! The weight may be `[in, out]` row-major (layer weights) or `[out, in]` behind a transposed
 //! view (the LM head on flex); gemm reads either through its strides. Against at most [`THIN`]
@@ -34,8 +33,8 @@ const M_BLOCK: usize = 256;
 /// Most output rows per task with a float32 weight. gemm packs the weight band at every call
 /// with more than 48 rows, so taller tiles pack each band fewer times: a full pass at prompt
 /// 1024 (1088 rows) packs it twice instead of five times, which measured 0.965 of the uncached
-/// forward time against 256-row tiles (docs/benchmarks.md); two row tiles of 1088 rows by
-/// 128-256-column bands still give both threads several tasks.
+/// forward time against 256-row tiles (docs/benchmarks.md); a 1088-row product's two row
+/// tiles by its 128-256-column bands still give both threads several tasks.
 const F32_M_BLOCK: usize = 544;
 /// Most weight columns per panel (and per task's band).
 const N_BLOCK: usize = 256;
