@@ -1,7 +1,8 @@
 //! Backend fast paths, and all of the crate's `unsafe`.
 //!
 //! With the `cpu-kernels` feature (default) and the flex backend in float32, attention, the
-//! SwiGLU product and the products with 16-bit weights run on this module's kernels; everywhere else (other backends, other dtypes,
+//! SwiGLU product (fused with the gate and up projections over more than 32 rows) and every linear
+//! product run on this module's kernels; everywhere else (other backends, other dtypes,
 //! autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
 //! declines, and the caller falls back; the two paths compute the same functions with a
 //! different order of float32 summation, and the golden tests pass with either.
@@ -13,11 +14,12 @@
 //! * calls of `gemm::gemm` on raw pointers (attention scores and outputs, the widened
 //!   products): every pointer, length and stride is derived from slices whose lengths are
 //!   checked against the matrix extents before the call (`assert!`s in `attention::head` and
-//!   `widen::linear`), so every read and write stays inside its slice;
+//!   `widen::tile`), so every read and write stays inside its slice;
 //! * writes into disjoint tiles of one output buffer from parallel tasks (`attention::Tiles`,
-//!   `widen::Bands`): each task owns a distinct (query rows, head) tile, column band or column
-//!   chunk (the thin kernels' writes are checked against the chunk's bounds), the tiles
-//!   partition the buffer, and the buffer outlives the parallel loop;
+//!   `widen::Bands`; the fused FFN product `widen::linear_swiglu` also rereads its own tile
+//!   to apply the SwiGLU): each task owns a distinct (query rows, head) tile, column band or
+//!   column chunk (the thin kernels' writes are checked against the chunk's bounds), the
+//!   tiles partition the buffer, and the buffer outlives the parallel loop;
 //! * calls of functions compiled with `#[target_feature]` (`simd::vectorised`, the kernels
 //!   inside `dot::product` and `thin::product`): made only after `is_x86_feature_detected!`
 //!   confirmed the CPU has those features; inside those kernels, vector loads, stores and
@@ -102,6 +104,22 @@ pub(crate) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
     if x.device() == burn::tensor::Device::flex() {
         return widen::linear(x, w);
+    }
+    None
+}
+
+/// `silu(x · gate) * (x · up)` for float32 `x` and two weights of one shape (float32, bf16 or
+/// f16), in one pass that never holds either projection's whole output: the same bits as
+/// [`linear`] twice followed by [`silu_mul`]. `None` where no kernel applies (not flex, other
+/// dtypes, feature off, or too few rows for the tiled product), and the caller runs those.
+///
+/// # Shapes
+/// - `x`: `[batch, rows, d_in]`, `gate`, `up`: `[d_in, d_ff]`; returns `[batch, rows, d_ff]`.
+#[allow(unused_variables)] // without the kernels every call declines
+pub(crate) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> Option<Tensor<3>> {
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    if x.device() == burn::tensor::Device::flex() {
+        return widen::linear_swiglu(x, gate, up);
     }
     None
 }

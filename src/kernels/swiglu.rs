@@ -49,7 +49,7 @@ pub(super) fn silu_mul(
 }
 
 /// `g = silu(g) * u` with the widest vector instructions the CPU has.
-fn silu_mul_chunk(g: &mut [f32], u: &[f32]) {
+pub(super) fn silu_mul_chunk(g: &mut [f32], u: &[f32]) {
     vectorised(
         #[inline(always)]
         || {

@@ -157,35 +157,67 @@ impl Bands {
 /// vector across more rows, wins even with its packing.
 const THIN: usize = 32;
 
+/// The flex storage of `x` (`[b, m, k]`, float32) and of a `[k, n]` weight, checked: shapes,
+/// dtypes, a layout gemm can read. Holds the primitives the slices borrow from.
+struct Operands {
+    x: FlexTensor,
+    w: FlexTensor,
+    order: Order,
+    /// `[b, m, k, n]`.
+    dims: [usize; 4],
+}
+
+impl Operands {
+    fn new(x: &Tensor<3>, w: &Tensor<2>) -> Option<Self> {
+        let [b, m, k] = x.dims();
+        let [wk, n] = w.dims();
+        if wk != k || x.dtype() != DType::F32 {
+            return None;
+        }
+        let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+        let xp = if xp.as_slice::<f32>().is_some() {
+            xp
+        } else {
+            xp.to_contiguous()
+        };
+        let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
+        let order = Order::of(&wp, [k, n])?;
+        let ops = Self {
+            x: xp,
+            w: wp,
+            order,
+            dims: [b, m, k, n],
+        };
+        // Both slices exist and have the lengths the shapes say.
+        let (xs, weight) = (ops.xs()?, ops.weight()?);
+        (xs.len() == b * m * k && weight.len() == k * n).then_some(())?;
+        Some(ops)
+    }
+
+    fn xs(&self) -> Option<&[f32]> {
+        self.x.as_slice::<f32>()
+    }
+
+    fn weight(&self) -> Option<Weight<'_>> {
+        let [_, _, k, n] = self.dims;
+        let start = self.w.layout().start_offset();
+        // `storage` asserts the dtype, which the match has just checked.
+        Some(match self.w.dtype() {
+            DType::F32 => Weight::F32(self.w.storage::<f32>().get(start..start + k * n)?),
+            DType::BF16 => Weight::Bf16(self.w.storage::<bf16>().get(start..start + k * n)?),
+            DType::F16 => Weight::F16(self.w.storage::<f16>().get(start..start + k * n)?),
+            _ => return None,
+        })
+    }
+}
+
 /// `None` when an operand is not a flex tensor of the expected dtypes and shapes (the
 /// caller then uses burn's ops).
 pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
-    let [b, m, k] = x.dims();
-    let [wk, n] = w.dims();
-    if wk != k || x.dtype() != DType::F32 {
-        return None;
-    }
-    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
-    let xp = if xp.as_slice::<f32>().is_some() {
-        xp
-    } else {
-        xp.to_contiguous()
-    };
-    let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
-    let order = Order::of(&wp, [k, n])?;
-    let start = wp.layout().start_offset();
-    // `storage` asserts the dtype, which the match has just checked.
-    let weight = match wp.dtype() {
-        DType::F32 => Weight::F32(wp.storage::<f32>().get(start..start + k * n)?),
-        DType::BF16 => Weight::Bf16(wp.storage::<bf16>().get(start..start + k * n)?),
-        DType::F16 => Weight::F16(wp.storage::<f16>().get(start..start + k * n)?),
-        _ => return None,
-    };
-    let xs = xp.as_slice::<f32>()?;
+    let ops = Operands::new(x, w)?;
+    let [b, m, k, n] = ops.dims;
+    let (xs, weight, order) = (ops.xs()?, ops.weight()?, ops.order);
     let rows = b * m;
-    if xs.len() != rows * k || weight.len() != k * n {
-        return None;
-    }
     let mut out = vec![0f32; rows * n];
     if rows > 0 && n > 0 && k > 0 {
         let threads = rayon::current_num_threads().max(1);
@@ -239,6 +271,18 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     ))
 }
 
+/// The row-tile height and column-band width of a tiled product with `threads` threads.
+fn blocking(weight: &Weight<'_>, n: usize, threads: usize) -> (usize, usize) {
+    // Bands narrow enough that both threads have work on small outputs, never below 64
+    // columns (the gemm's efficient width).
+    let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
+    let m_block = match weight {
+        Weight::F32(_) => F32_M_BLOCK,
+        Weight::Bf16(_) | Weight::F16(_) => M_BLOCK,
+    };
+    (m_block, band)
+}
+
 /// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] (float32:
 /// [`F32_M_BLOCK`]) rows by one band of columns, into `bands` (`[rows, n]` row-major, zeroed).
 fn tiles(
@@ -249,66 +293,153 @@ fn tiles(
     threads: usize,
     bands: &Bands,
 ) {
-    // Bands narrow enough that both threads have work on small outputs, never below 64
-    // columns (the gemm's efficient width).
-    let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
-    let m_block = match weight {
-        Weight::F32(_) => F32_M_BLOCK,
-        Weight::Bf16(_) | Weight::F16(_) => M_BLOCK,
-    };
+    let (m_block, band) = blocking(weight, n, threads);
     let row_blocks = rows.div_ceil(m_block);
     let col_bands = n.div_ceil(band);
-    (0..row_blocks * col_bands).into_par_iter().for_each(|t| {
-        let (rb, cb) = (t / col_bands, t % col_bands);
-        let r0 = rb * m_block;
-        let m = m_block.min(rows - r0);
-        let cols = cb * band..((cb + 1) * band).min(n);
-        let width = cols.len();
-        let dst = bands.at(r0 * n + cols.start);
-        let lhs = &xs[r0 * k..(r0 + m) * k];
-        if let Weight::F32(w) = weight {
-            let (offset, rs, cs) = order.strides([k, n], cols.start);
-            // The last element the gemm reads: row k - 1 of column cols.end - 1.
-            assert!(w.len() > offset + (k - 1) * rs + (width - 1) * cs);
-            // SAFETY: dst is the [m x width] tile at rows r0.., columns `cols` of the
-            // [rows x n] row-major output (rows * n elements; this task's tile, which no
-            // other task writes, and the output outlives the loop); lhs is the [m x k]
-            // row-major slice `lhs` (exactly m * k elements); rhs is columns `cols` of the
-            // [k x n] weight at its strides, its last element inside `w` (asserted).
+    (0..row_blocks * col_bands)
+        .into_par_iter()
+        .for_each_init(Vec::new, |panel, t| {
+            let (rb, cb) = (t / col_bands, t % col_bands);
+            let r0 = rb * m_block;
+            let m = m_block.min(rows - r0);
+            let cols = cb * band..((cb + 1) * band).min(n);
+            let lhs = &xs[r0 * k..(r0 + m) * k];
+            // SAFETY: the [m x cols.len()] tile at rows r0.., columns `cols` of the
+            // [rows x n] row-major output (rows * n elements, alive until after the loop) is
+            // this task's alone.
             unsafe {
-                gemm_rows(
-                    [m, width, k],
-                    (dst, n, false),
-                    (lhs.as_ptr(), k),
-                    (w.as_ptr().add(offset), rs, cs),
-                );
-            }
-            return;
-        }
-        let mut panel = vec![0f32; K_BLOCK.min(k) * width];
-        for k0 in (0..k).step_by(K_BLOCK) {
-            let kb = K_BLOCK.min(k - k0);
-            let panel = &mut panel[..kb * width];
-            weight.widen((order, [k, n]), k0..k0 + kb, cols.clone(), panel);
-            // The panel keeps the weight's order.
-            let (rs, cs) = match order {
-                Order::InOut => (width, 1),
-                Order::OutIn => (1, kb),
+                tile(
+                    lhs,
+                    weight,
+                    (order, [k, n]),
+                    cols,
+                    (bands.at(r0 * n + cb * band), n),
+                    panel,
+                )
             };
-            assert!(lhs.len() >= (m - 1) * k + k0 + kb);
-            // SAFETY: dst as above; lhs is columns k0..k0 + kb of the [m x k] row-major
-            // `lhs` (length asserted); rhs is the [kb x width] `panel` at its order's
-            // strides (exactly kb * width elements).
+        });
+}
+
+/// `dst = lhs · w[.., cols]` for one tile: `lhs` `[m, k]` row-major, `dst` `[m, cols.len()]`
+/// at row stride `dst.1`, by one single-threaded gemm for a float32 weight (read in place)
+/// or one accumulating gemm per [`K_BLOCK`]-row panel widened into `panel` for a 16-bit one.
+///
+/// # Safety
+/// `dst.0` must be valid for writes of the `[m x cols.len()]` tile at row stride `dst.1`, and
+/// nothing else may access that tile during the call.
+unsafe fn tile(
+    lhs: &[f32],
+    weight: &Weight<'_>,
+    (order, [k, n]): (Order, [usize; 2]),
+    cols: std::ops::Range<usize>,
+    dst: (*mut f32, usize),
+    panel: &mut Vec<f32>,
+) {
+    let width = cols.len();
+    let m = lhs.len() / k;
+    assert!(m * k == lhs.len() && cols.end <= n);
+    if let Weight::F32(w) = weight {
+        let (offset, rs, cs) = order.strides([k, n], cols.start);
+        // The last element the gemm reads: row k - 1 of column cols.end - 1.
+        assert!(w.len() > offset + (k - 1) * rs + (width - 1) * cs);
+        // SAFETY: dst is the caller's tile; lhs is the [m x k] row-major slice `lhs`
+        // (exactly m * k elements, asserted); rhs is columns `cols` of the [k x n] weight at
+        // its strides, its last element inside `w` (asserted).
+        unsafe {
+            gemm_rows(
+                [m, width, k],
+                (dst.0, dst.1, false),
+                (lhs.as_ptr(), k),
+                (w.as_ptr().add(offset), rs, cs),
+            );
+        }
+        return;
+    }
+    panel.resize(K_BLOCK.min(k) * width, 0.0);
+    for k0 in (0..k).step_by(K_BLOCK) {
+        let kb = K_BLOCK.min(k - k0);
+        let panel = &mut panel[..kb * width];
+        weight.widen((order, [k, n]), k0..k0 + kb, cols.clone(), panel);
+        // The panel keeps the weight's order.
+        let (rs, cs) = match order {
+            Order::InOut => (width, 1),
+            Order::OutIn => (1, kb),
+        };
+        // SAFETY: dst is the caller's tile; lhs is columns k0..k0 + kb of the [m x k]
+        // row-major `lhs` (m * k elements, asserted above); rhs is the [kb x width] `panel`
+        // at its order's strides (exactly kb * width elements).
+        unsafe {
+            gemm_rows(
+                [m, width, kb],
+                (dst.0, dst.1, k0 > 0),
+                (lhs.as_ptr().add(k0), k),
+                (panel.as_ptr(), rs, cs),
+            );
+        }
+    }
+}
+
+/// `silu(x · gate) * (x · up)` in one pass over the output: per tile, the gate product is
+/// written to the output, the up product to a tile-sized buffer that stays in L2, and the
+/// SwiGLU applied there, so that neither projection's `[rows, d_ff]` output is allocated or
+/// read back from memory. Each product is the tile gemm [`linear`] runs for that weight (same
+/// blocking, same bits), and the SwiGLU is [`swiglu`](super::swiglu)'s. `None` where the
+/// operands are not flex tensors of the expected dtypes and shapes, or where [`linear`]
+/// would not tile (few rows: its thin kernels), and the caller runs the two products.
+pub(super) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> Option<Tensor<3>> {
+    let (g, u) = (Operands::new(x, gate)?, Operands::new(x, up)?);
+    let [b, m, k, n] = g.dims;
+    let rows = b * m;
+    if u.dims != g.dims || rows <= THIN || n == 0 || k == 0 {
+        return None;
+    }
+    let (xs, gw, uw) = (g.xs()?, g.weight()?, u.weight()?);
+    let threads = rayon::current_num_threads().max(1);
+    let (m_block, band) = blocking(&gw, n, threads);
+    if blocking(&uw, n, threads) != (m_block, band) {
+        return None;
+    }
+    let mut out = vec![0f32; rows * n];
+    let bands = Bands(out.as_mut_ptr());
+    let row_blocks = rows.div_ceil(m_block);
+    let col_bands = n.div_ceil(band);
+    (0..row_blocks * col_bands).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(panel, ups), t| {
+            let (rb, cb) = (t / col_bands, t % col_bands);
+            let r0 = rb * m_block;
+            let m = m_block.min(rows - r0);
+            let cols = cb * band..((cb + 1) * band).min(n);
+            let width = cols.len();
+            let lhs = &xs[r0 * k..(r0 + m) * k];
+            ups.resize(m * width, 0.0);
+            let dst = bands.at(r0 * n + cols.start);
+            // SAFETY: `dst` is the [m x width] tile at rows r0.., columns `cols` of the
+            // [rows x n] row-major output (rows * n elements, alive until after the
+            // loop), this task's alone; `ups` is this task's own [m x width] buffer.
             unsafe {
-                gemm_rows(
-                    [m, width, kb],
-                    (dst, n, k0 > 0),
-                    (lhs.as_ptr().add(k0), k),
-                    (panel.as_ptr(), rs, cs),
+                tile(lhs, &gw, (g.order, [k, n]), cols.clone(), (dst, n), panel);
+                tile(
+                    lhs,
+                    &uw,
+                    (u.order, [k, n]),
+                    cols,
+                    (ups.as_mut_ptr(), width),
+                    panel,
                 );
             }
-        }
-    });
+            for (r, up) in ups.chunks_exact(width).enumerate() {
+                // SAFETY: row r of the tile: `width` elements at dst + r * n, inside the
+                // output and this task's (see above); the gemm above has written them.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * n), width) };
+                super::swiglu::silu_mul_chunk(row, up);
+            }
+        },
+    );
+    Some(Tensor::from_data(
+        TensorData::new(out, [b, m, n]),
+        &x.device(),
+    ))
 }
 
 /// `dst (+)= lhs · rhs` (`[m, n] (+)= [m, k] · [k, n]`), `dst` and `lhs` row-major, each
@@ -428,6 +559,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fused_swiglu_has_the_bits_of_two_products_and_the_swiglu() {
+        let device = Device::flex();
+        // Rows just past the thin kernels', two float32 row tiles, and ragged k and n.
+        for (b, m, k, n) in [(1, 33, 40, 90), (2, 150, 1030, 300), (1, 600, 24, 80)] {
+            let xv = values(b * m * k, 3);
+            let x = Tensor::<3>::from_data(TensorData::new(xv, [b, m, k]), &device);
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let weight = |seed| {
+                    Tensor::<2>::from_data(TensorData::new(values(k * n, seed), [k, n]), &device)
+                        .cast(dtype)
+                };
+                let (gate, up) = (weight(4), weight(5));
+                let want = super::super::swiglu::silu_mul(
+                    linear(&x, &gate).unwrap(),
+                    linear(&x, &up).unwrap(),
+                )
+                .unwrap_or_else(|_| panic!("the SwiGLU kernel applies"));
+                let got = linear_swiglu(&x, &gate, &up).expect("kernel applies");
+                assert_eq!(got.dims(), [b, m, n]);
+                let got: Vec<f32> = got.into_data().try_into_vec().unwrap();
+                let want: Vec<f32> = want.into_data().try_into_vec().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.is_finite() && g.to_bits() == w.to_bits(),
+                        "{dtype:?} {b}x{m}x{k}x{n} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        // Few rows (the thin kernels' products) and mismatched weights decline.
+        let x = Tensor::<3>::zeros([1, 32, 8], &device);
+        let w = Tensor::<2>::zeros([8, 64], &device);
+        assert!(linear_swiglu(&x, &w, &w).is_none());
+        let x = Tensor::<3>::zeros([1, 40, 8], &device);
+        assert!(linear_swiglu(&x, &w, &Tensor::<2>::zeros([8, 48], &device)).is_none());
+        assert!(linear_swiglu(&x, &w, &Tensor::<2>::zeros([9, 64], &device)).is_none());
     }
 
     #[test]

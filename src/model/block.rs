@@ -57,9 +57,28 @@ impl Block {
 
     pub(super) fn ffn(&self, x: Tensor<3>, flops: &mut FlopCounter) -> Tensor<3> {
         let h = self.ffn_norm.forward(x);
-        let gate = self.proj(&self.gate, h.clone(), flops);
-        let up = self.proj(&self.up, h, flops);
-        self.proj(&self.down, swiglu(gate, up), flops)
+        let fused = match (&self.gate.bias, &self.up.bias) {
+            (None, None) => {
+                crate::kernels::linear_swiglu(&h, &self.gate.weight.val(), &self.up.weight.val())
+            }
+            _ => None,
+        };
+        let act = match fused {
+            Some(act) => {
+                let [b, n, _] = h.dims();
+                for lin in [&self.gate, &self.up] {
+                    let [d_in, d_out] = lin.weight.dims();
+                    flops.add_linear(b * n, d_in, d_out);
+                }
+                act
+            }
+            None => {
+                let gate = self.proj(&self.gate, h.clone(), flops);
+                let up = self.proj(&self.up, h, flops);
+                swiglu(gate, up)
+            }
+        };
+        self.proj(&self.down, act, flops)
     }
 
     /// `[b, n, heads*hd]` -> `[b, n, heads, hd]` (a view: rows stay contiguous).
