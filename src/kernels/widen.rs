@@ -218,12 +218,18 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     let [b, m, k, n] = ops.dims;
     let (xs, weight, order) = (ops.xs()?, ops.weight()?, ops.order);
     let rows = b * m;
-    let mut out = vec![0f32; rows * n];
+    // Uninitialised: the tiled product writes every element (see `tiles`), so zeroing a
+    // buffer of megabytes first would only cost a pass over it. The thin kernels' outputs
+    // are zeroed first, as is an empty product's.
+    let len = rows * n;
+    let mut out = Vec::<f32>::with_capacity(len);
     if rows > 0 && n > 0 && k > 0 {
         let threads = rayon::current_num_threads().max(1);
+        // Capacity is exactly `len`, so the zeroing below never moves the buffer.
         let bands = Bands(out.as_mut_ptr());
         match &weight {
             Weight::F32(w) if order == Order::OutIn && rows <= THIN && dot::available() => {
+                out.resize(len, 0.0);
                 // Column chunks of 16+ (four blocks of the kernel), four per thread so that
                 // a slow thread does not hold up the product.
                 let chunk = n.div_ceil(4 * threads).next_multiple_of(16).max(16);
@@ -243,6 +249,7 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
                     && n.is_multiple_of(16)
                     && thin::available() =>
             {
+                out.resize(len, 0.0);
                 // Chunks of whole 64-column blocks, four per thread as above.
                 let chunk = n.div_ceil(4 * threads).next_multiple_of(64).max(64);
                 (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
@@ -262,8 +269,16 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
                     assert!(done);
                 });
             }
-            _ => tiles(xs, &weight, (order, [k, n]), rows, threads, &bands),
+            _ => {
+                tiles(xs, &weight, (order, [k, n]), rows, threads, &bands);
+                // SAFETY: the tiles partition the [rows x n] output and each tile's first
+                // gemm overwrites all of it (see `tile`), so all `len` elements are
+                // initialised (a panicking task never gets here).
+                unsafe { out.set_len(len) };
+            }
         }
+    } else {
+        out.resize(len, 0.0);
     }
     Some(Tensor::from_data(
         TensorData::new(out, [b, m, n]),
@@ -284,7 +299,8 @@ fn blocking(weight: &Weight<'_>, n: usize, threads: usize) -> (usize, usize) {
 }
 
 /// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] (float32:
-/// [`F32_M_BLOCK`]) rows by one band of columns, into `bands` (`[rows, n]` row-major, zeroed).
+/// [`F32_M_BLOCK`]) rows by one band of columns, into `bands` (`[rows, n]` row-major), every
+/// element of which it writes without reading any.
 fn tiles(
     xs: &[f32],
     weight: &Weight<'_>,
@@ -323,6 +339,8 @@ fn tiles(
 /// `dst = lhs · w[.., cols]` for one tile: `lhs` `[m, k]` row-major, `dst` `[m, cols.len()]`
 /// at row stride `dst.1`, by one single-threaded gemm for a float32 weight (read in place)
 /// or one accumulating gemm per [`K_BLOCK`]-row panel widened into `panel` for a 16-bit one.
+/// The first gemm overwrites the tile without reading it (gemm skips `dst` when told not to
+/// accumulate), so `dst` may be uninitialised; `k` must be positive.
 ///
 /// # Safety
 /// `dst.0` must be valid for writes of the `[m x cols.len()]` tile at row stride `dst.1`, and
@@ -336,6 +354,7 @@ unsafe fn tile(
     panel: &mut Vec<f32>,
 ) {
     let width = cols.len();
+    assert!(k > 0);
     let m = lhs.len() / k;
     assert!(m * k == lhs.len() && cols.end <= n);
     if let Weight::F32(w) = weight {
@@ -399,7 +418,8 @@ pub(super) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> 
     if blocking(&uw, n, threads) != (m_block, band) {
         return None;
     }
-    let mut out = vec![0f32; rows * n];
+    // Uninitialised, as in `linear`: every tile is written before it is read.
+    let mut out = Vec::<f32>::with_capacity(rows * n);
     let bands = Bands(out.as_mut_ptr());
     let row_blocks = rows.div_ceil(m_block);
     let col_bands = n.div_ceil(band);
@@ -436,6 +456,9 @@ pub(super) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> 
             }
         },
     );
+    // SAFETY: the tiles partition the [rows x n] output and each was written whole by its
+    // gate gemm (`tile`), so all rows * n elements are initialised.
+    unsafe { out.set_len(rows * n) };
     Some(Tensor::from_data(
         TensorData::new(out, [b, m, n]),
         &x.device(),
