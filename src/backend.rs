@@ -106,6 +106,20 @@ pub fn device_from_name(name: &str) -> Result<Device> {
     }
 }
 
+/// A CPU device for the small bookkeeping tensors that need no accelerator (the FLOPs
+/// estimator's zero probes): flex where the build has it, else ndarray, else burn's default.
+/// Not `Device::default()` alone: with a GPU feature compiled in that is the GPU, which may
+/// be absent, and it panics on a bad `BURN_DEVICE`.
+pub(crate) fn host_device() -> Device {
+    #[cfg(feature = "flex")]
+    return Device::flex();
+    #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+    #[allow(deprecated)]
+    return Device::ndarray();
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    return Device::default();
+}
+
 /// `device` if the backend of `kind` finds it on this machine.
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
 fn present(name: &str, device: Device, kind: burn::tensor::DeviceType) -> Result<Device> {
