@@ -1,9 +1,9 @@
 //! Backend fast paths, and all of the crate's `unsafe`.
 //!
 //! With the `cpu-kernels` feature (default) and the flex backend in float32, attention, the
-//! SwiGLU product (fused with the gate and up projections over more than 32 rows) and every linear
-//! product run on this module's kernels; everywhere else (other backends, other dtypes,
-//! autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
+//! SwiGLU product (fused with the gate and up projections over more than 32 rows), the rotary
+//! embedding and every linear product run on this module's kernels; everywhere else (other
+//! backends, other dtypes, autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
 //! declines, and the caller falls back; the two paths compute the same functions with a
 //! different order of float32 summation, and the golden tests pass with either.
 //!
@@ -32,6 +32,8 @@
 mod attention;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod dot;
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+mod rotary;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
 mod simd;
 #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
@@ -120,6 +122,22 @@ pub(crate) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> 
     #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
     if x.device() == burn::tensor::Device::flex() {
         return widen::linear_swiglu(x, gate, up);
+    }
+    None
+}
+
+/// `x * cos + rotate_half(x) * sin` (split-halves rotary embedding) in one pass, with the
+/// bits of burn's ops; `None` where no kernel applies (not flex, not float32, feature off,
+/// other shapes), and the caller uses burn's ops.
+///
+/// # Shapes
+/// - `x`: `[batch, n, heads, head_dim]`, `cos`, `sin`: `[1 or batch, n, 1, head_dim]`;
+///   returns `x`'s shape.
+#[allow(unused_variables)] // without the kernels every call declines
+pub(crate) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+    #[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+    if x.device() == burn::tensor::Device::flex() {
+        return rotary::rotate(x, cos, sin);
     }
     None
 }

@@ -106,6 +106,12 @@ impl Rope {
     /// - `x`: `[batch, n, heads, head_dim]` with `n` equal to this table's length.
     pub(crate) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let dtype = x.dtype();
+        // In float32 both architectures rotate in float32 with float32 tables.
+        if dtype == DType::F32
+            && let Some(out) = crate::kernels::rotary(&x, &self.cos, &self.sin)
+        {
+            return out;
+        }
         let x = if self.rotate_in_f32 {
             x.cast(DType::F32)
         } else {
