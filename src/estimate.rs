@@ -146,8 +146,8 @@ pub enum HeadRows {
 /// equal prompt lengths, every step run), for any policy.
 ///
 /// A probe is offered to a policy that wants one as zeros of width 1 on the CPU (flex, or
-/// ndarray in a build without flex): the dry run knows no values, so a policy's row count must not depend on them (dLLM-Cache's V-verify selects a
-/// fixed number of rows). Under the threshold and factor commit rules the number of steps per
+/// ndarray in a build without flex): the dry run knows no values, so a policy's row count
+/// must not depend on them (dLLM-Cache's V-verify selects a fixed number of rows). Under the threshold and factor commit rules the number of steps per
 /// block depends on the data: pass the steps a run took (`GenerationStats::block_steps`) as
 /// `block_steps`; it is optional for the fixed schedule, and overrides it when given.
 ///

@@ -3,9 +3,10 @@
 //! With the `cpu-kernels` feature (default) and the flex backend in float32, attention, the
 //! SwiGLU product (fused with the gate and up projections over more than 32 rows), the rotary
 //! embedding and every linear product run on this module's kernels; everywhere else (other
-//! backends, other dtypes, autodiff, the feature off) the model uses burn's own ops. Each entry point says when it
-//! declines, and the caller falls back; the two paths compute the same functions with a
-//! different order of float32 summation, and the golden tests pass with either.
+//! backends, other dtypes, autodiff, the feature off) the model uses burn's own ops. Each
+//! entry point says when it declines, and the caller falls back; the two paths compute the
+//! same functions with a different order of float32 summation, and the golden tests pass
+//! with either.
 //!
 //! # Safety
 //!
@@ -44,6 +45,18 @@ mod thin;
 mod widen;
 
 use burn::tensor::{Bool, Tensor};
+
+/// The flex primitive of `t` with its float32 elements in one run (a copy only where the view
+/// is not contiguous); `None` if `t` is not a flex tensor.
+#[cfg(all(feature = "cpu-kernels", feature = "flex"))]
+fn flat<const D: usize>(t: &Tensor<D>) -> Option<burn::backend::flex::FlexTensor> {
+    let p = t.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    Some(if p.as_slice::<f32>().is_some() {
+        p
+    } else {
+        p.to_contiguous()
+    })
+}
 
 /// Keys and values of one segment, head-major: `[batch, kv_heads, rows, head_dim]` each.
 pub(crate) type KvSegment = (Tensor<4>, Tensor<4>);

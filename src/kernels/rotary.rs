@@ -5,22 +5,10 @@
 //! 2 MB per pass for each of q and k per layer. Here each output element is the same two
 //! products and one sum, in the same order, so the result has the same bits.
 
-use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::simd::vectorised;
-
-/// The float32 elements of a flex tensor, contiguous (copied only if the view is not).
-fn elements(t: &Tensor<4>) -> Option<FlexTensor> {
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
-    Some(if p.as_slice::<f32>().is_some() {
-        p
-    } else {
-        p.to_contiguous()
-    })
-}
 
 /// `x * cos + rotate_half(x) * sin`, or `None` where the operands are not flex float32
 /// tensors of the shapes below.
@@ -39,7 +27,7 @@ pub(super) fn rotate(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<
     if !fits {
         return None;
     }
-    let (xp, cp, sp) = (elements(x)?, elements(cos)?, elements(sin)?);
+    let (xp, cp, sp) = (super::flat(x)?, super::flat(cos)?, super::flat(sin)?);
     let (xs, cs, ss) = (
         xp.as_slice::<f32>()?,
         cp.as_slice::<f32>()?,

@@ -174,12 +174,7 @@ impl Operands {
         if wk != k || x.dtype() != DType::F32 {
             return None;
         }
-        let xp = x.clone().try_into_primitive::<Flex>().ok()?;
-        let xp = if xp.as_slice::<f32>().is_some() {
-            xp
-        } else {
-            xp.to_contiguous()
-        };
+        let xp = super::flat(x)?;
         let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
         let order = Order::of(&wp, [k, n])?;
         let ops = Self {
@@ -286,16 +281,46 @@ pub(super) fn linear(x: &Tensor<3>, w: &Tensor<2>) -> Option<Tensor<3>> {
     ))
 }
 
-/// The row-tile height and column-band width of a tiled product with `threads` threads.
-fn blocking(weight: &Weight<'_>, n: usize, threads: usize) -> (usize, usize) {
-    // Bands narrow enough that both threads have work on small outputs, never below 64
-    // columns (the gemm's efficient width).
-    let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
-    let m_block = match weight {
-        Weight::F32(_) => F32_M_BLOCK,
-        Weight::Bf16(_) | Weight::F16(_) => M_BLOCK,
-    };
-    (m_block, band)
+/// The tiles of a tiled product's `[rows, n]` output: row tiles of at most `m_block` rows by
+/// column bands of at most `band` columns, numbered row tile by row tile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Grid {
+    rows: usize,
+    n: usize,
+    m_block: usize,
+    band: usize,
+}
+
+impl Grid {
+    /// The tiling of a `[rows, n]` output of `weight` with `threads` threads.
+    fn new(weight: &Weight<'_>, rows: usize, n: usize, threads: usize) -> Self {
+        // Bands narrow enough that both threads have work on small outputs, never below 64
+        // columns (the gemm's efficient width).
+        let band = (n.div_ceil(2 * threads).next_multiple_of(16)).clamp(64, N_BLOCK);
+        let m_block = match weight {
+            Weight::F32(_) => F32_M_BLOCK,
+            Weight::Bf16(_) | Weight::F16(_) => M_BLOCK,
+        };
+        Self {
+            rows,
+            n,
+            m_block,
+            band,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.div_ceil(self.m_block) * self.n.div_ceil(self.band)
+    }
+
+    /// Tile `t`: its first row, its row count and its columns.
+    fn tile(&self, t: usize) -> (usize, usize, std::ops::Range<usize>) {
+        let col_bands = self.n.div_ceil(self.band);
+        let (rb, cb) = (t / col_bands, t % col_bands);
+        let r0 = rb * self.m_block;
+        let cols = cb * self.band..((cb + 1) * self.band).min(self.n);
+        (r0, self.m_block.min(self.rows - r0), cols)
+    }
 }
 
 /// The product by single-threaded gemms, one per tile of at most [`M_BLOCK`] (float32:
@@ -309,30 +334,17 @@ fn tiles(
     threads: usize,
     bands: &Bands,
 ) {
-    let (m_block, band) = blocking(weight, n, threads);
-    let row_blocks = rows.div_ceil(m_block);
-    let col_bands = n.div_ceil(band);
-    (0..row_blocks * col_bands)
+    let grid = Grid::new(weight, rows, n, threads);
+    (0..grid.len())
         .into_par_iter()
         .for_each_init(Vec::new, |panel, t| {
-            let (rb, cb) = (t / col_bands, t % col_bands);
-            let r0 = rb * m_block;
-            let m = m_block.min(rows - r0);
-            let cols = cb * band..((cb + 1) * band).min(n);
+            let (r0, m, cols) = grid.tile(t);
+            let dst = bands.at(r0 * n + cols.start);
             let lhs = &xs[r0 * k..(r0 + m) * k];
             // SAFETY: the [m x cols.len()] tile at rows r0.., columns `cols` of the
             // [rows x n] row-major output (rows * n elements, alive until after the loop) is
             // this task's alone.
-            unsafe {
-                tile(
-                    lhs,
-                    weight,
-                    (order, [k, n]),
-                    cols,
-                    (bands.at(r0 * n + cb * band), n),
-                    panel,
-                )
-            };
+            unsafe { tile(lhs, weight, (order, [k, n]), cols, (dst, n), panel) };
         });
 }
 
@@ -414,22 +426,17 @@ pub(super) fn linear_swiglu(x: &Tensor<3>, gate: &Tensor<2>, up: &Tensor<2>) -> 
     }
     let (xs, gw, uw) = (g.xs()?, g.weight()?, u.weight()?);
     let threads = rayon::current_num_threads().max(1);
-    let (m_block, band) = blocking(&gw, n, threads);
-    if blocking(&uw, n, threads) != (m_block, band) {
+    let grid = Grid::new(&gw, rows, n, threads);
+    if Grid::new(&uw, rows, n, threads) != grid {
         return None;
     }
     // Uninitialised, as in `linear`: every tile is written before it is read.
     let mut out = Vec::<f32>::with_capacity(rows * n);
     let bands = Bands(out.as_mut_ptr());
-    let row_blocks = rows.div_ceil(m_block);
-    let col_bands = n.div_ceil(band);
-    (0..row_blocks * col_bands).into_par_iter().for_each_init(
+    (0..grid.len()).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(panel, ups), t| {
-            let (rb, cb) = (t / col_bands, t % col_bands);
-            let r0 = rb * m_block;
-            let m = m_block.min(rows - r0);
-            let cols = cb * band..((cb + 1) * band).min(n);
+            let (r0, m, cols) = grid.tile(t);
             let width = cols.len();
             let lhs = &xs[r0 * k..(r0 + m) * k];
             ups.resize(m * width, 0.0);

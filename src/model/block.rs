@@ -49,9 +49,7 @@ impl Block {
     }
 
     pub(super) fn proj(&self, lin: &Linear, x: Tensor<3>, flops: &mut FlopCounter) -> Tensor<3> {
-        let [b, n, _] = x.dims();
-        let [d_in, d_out] = lin.weight.dims();
-        flops.add_linear(b * n, d_in, d_out);
+        count(lin, &x, flops);
         apply(lin, x)
     }
 
@@ -65,11 +63,8 @@ impl Block {
         };
         let act = match fused {
             Some(act) => {
-                let [b, n, _] = h.dims();
-                for lin in [&self.gate, &self.up] {
-                    let [d_in, d_out] = lin.weight.dims();
-                    flops.add_linear(b * n, d_in, d_out);
-                }
+                count(&self.gate, &h, flops);
+                count(&self.up, &h, flops);
                 act
             }
             None => {
@@ -149,6 +144,13 @@ pub(super) fn apply(lin: &Linear, x: Tensor<3>) -> Tensor<3> {
         }
         None => y,
     }
+}
+
+/// Counts the FLOPs of `lin` applied to `x`.
+fn count(lin: &Linear, x: &Tensor<3>, flops: &mut FlopCounter) {
+    let [b, n, _] = x.dims();
+    let [d_in, d_out] = lin.weight.dims();
+    flops.add_linear(b * n, d_in, d_out);
 }
 
 /// `silu(gate) * up`: the kernel where one applies, else burn's ops.
